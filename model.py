@@ -1,0 +1,802 @@
+"""
+A hand-written Qwen2.5, the one place in this project that knows the architecture.
+
+Everything else (the three curriculum stages, the evaluation, the tiny world) goes through
+this file: it reads an official Hugging Face checkpoint, runs the forward pass, samples
+completions quickly, scores given completions, and writes checkpoints that transformers can
+read back. The parameter names are exactly Hugging Face's (`model.layers.0.self_attn.q_proj.weight`,
+...), so official safetensors load strictly with no renaming table.
+
+Read it top to bottom:
+  1. Qwen2Config       - the hyper-parameters, read from a config.json
+  2. the network       - RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP
+  3. KVCache           - preallocated keys/values for generation
+  4. loading / saving  - from_pretrained (local folder or hub id), save_pretrained
+  5. LoRA              - low-rank adapters on the attention projections (stage 1's option)
+  6. tokenizer         - the `tokenizers` library plus the ids of EOS and padding
+  7. generate          - batched left-padded sampling with a KV cache
+  8. token_logprobs    - log-probabilities of given completions (the GRPO loss needs them)
+
+Quick check:
+    python -c "from model import *; m = Qwen2.from_pretrained('Qwen/Qwen2.5-0.5B'); print(m)"
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# 1. Config
+
+
+@dataclass
+class Qwen2Config:
+    """The fields of a Hugging Face Qwen2 `config.json` that the forward pass uses."""
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    torch_dtype: str = "float32"
+    # every other key of the original file, written back unchanged by save_pretrained
+    extra: dict = field(default_factory=dict, repr=False)
+
+    REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> "Qwen2Config":
+        missing = [k for k in cls.REQUIRED if k not in raw]
+        if missing:
+            raise ValueError(f"{source}: missing required key(s) {', '.join(missing)}")
+        # Features the official Qwen2.5 checkpoints do not use; refuse rather than silently ignore.
+        if raw.get("use_sliding_window"):
+            raise ValueError(f"{source}: use_sliding_window=true is not supported")
+        if raw.get("rope_scaling"):
+            raise ValueError(f"{source}: rope_scaling={raw['rope_scaling']} is not supported")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"{source}: hidden_act={raw['hidden_act']!r}, only 'silu' is supported")
+        raw = dict(raw)
+        # transformers 5 writes `rope_parameters: {rope_theta, rope_type}` and `dtype`
+        # where the official Qwen2.5 files have `rope_theta` and `torch_dtype`
+        rope = raw.get("rope_parameters") or {}
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"{source}: rope_type={rope['rope_type']!r} is not supported")
+        if "rope_theta" not in raw and "rope_theta" in rope:
+            raw["rope_theta"] = rope["rope_theta"]
+        if "torch_dtype" not in raw and isinstance(raw.get("dtype"), str):
+            raw["torch_dtype"] = raw["dtype"]
+        if any(t != "full_attention" for t in raw.get("layer_types") or []):
+            raise ValueError(f"{source}: only full-attention layers are supported (layer_types)")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in raw.items() if k in names}
+        known.setdefault("num_key_value_heads", raw["num_attention_heads"])  # HF's default
+        config = cls(**known, extra={k: v for k, v in raw.items() if k not in names})
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(f"{source}: hidden_size {config.hidden_size} is not divisible by "
+                             f"num_attention_heads {config.num_attention_heads}")
+        if config.num_attention_heads % config.num_key_value_heads:
+            raise ValueError(f"{source}: num_attention_heads {config.num_attention_heads} is not "
+                             f"divisible by num_key_value_heads {config.num_key_value_heads}")
+        return config
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Qwen2Config":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(raw, source=str(path))
+
+    def to_dict(self) -> dict:
+        out = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+               "hidden_act": "silu", "use_sliding_window": False}
+        out.update(self.extra)
+        out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
+        return out
+
+
+# -----------------------------------------------------------------------------
+# 2. The network
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # normalise in float32 (as the reference does), then scale in the input dtype
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_cos_sin(position_ids, head_dim: int, theta: float, dtype):
+    """cos/sin of shape [batch, time, head_dim] for the given integer positions."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device,
+                                             dtype=torch.int64).float() / head_dim))
+    freqs = position_ids[..., None].float() * inv_freq  # [B, T, head_dim/2]
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x, cos, sin):
+    """x: [B, heads, T, d]; rotates pairs (i, i + d/2), the layout Qwen2 was trained with."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Qwen2Config, layer_index: int):
+        super().__init__()
+        self.layer_index = layer_index
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        h, d = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(h, self.n_heads * d, bias=True)
+        self.k_proj = nn.Linear(h, self.n_kv_heads * d, bias=True)
+        self.v_proj = nn.Linear(h, self.n_kv_heads * d, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * d, h, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: "KVCache | None"):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.write(self.layer_index, k, v)  # all keys so far: [B, KV, S, d]
+        # Grouped-query attention without copying K/V: query heads that share a KV head are
+        # stacked along the time axis, [B, KV, group*T, d], and the mask is stacked to match.
+        group = self.n_heads // self.n_kv_heads
+        q = q.reshape(B, self.n_kv_heads, group * T, self.head_dim)
+        if group > 1:
+            mask = mask.unsqueeze(2).expand(B, 1, group, T, mask.shape[-1]).reshape(B, 1, group * T, -1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: Qwen2Config, layer_index: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_index)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Body(nn.Module):
+    """Named `model` inside Qwen2, so parameter names come out as `model.layers.0...`."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Qwen2(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.model = Body(config)
+        # A tied head reuses the embedding matrix; it is then not a separate parameter, so the
+        # state dict has exactly the tensors an official tied checkpoint stores.
+        self.lm_head = None if config.tie_word_embeddings else \
+            nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        self.source_dir: Path | None = None  # where the weights came from (tokenizer files live there)
+
+    @property
+    def device(self):
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self):
+        return self.model.embed_tokens.weight.dtype
+
+    def init_weights(self, seed: int = 0, std: float | None = None):
+        """Random weights (normal(0, initializer_range), norms at 1, biases at 0), for tests and the tiny world."""
+        g = torch.Generator().manual_seed(seed)
+        std = std if std is not None else self.config.extra.get("initializer_range", 0.02)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                    p.fill_(1.0)
+                elif name.endswith(".bias"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+        return self
+
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, cache: "KVCache | None" = None):
+        """The final normed hidden states [B, T, hidden].
+
+        attention_mask: [B, T], 1 for real tokens and 0 for padding (left or right).
+        position_ids: [B, T]; by default counted over the real tokens of each row.
+        cache: keys/values of earlier tokens; this call appends to it.
+        """
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)
+        attention_mask = attention_mask.bool()
+        if position_ids is None:
+            start = cache.next_position if cache is not None else 0
+            position_ids = start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if cache is not None:
+            mask = cache.attention_mask(attention_mask)  # [B, 1, T, S]
+        else:
+            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+            # every query may see itself, so fully padded rows give finite (ignored) outputs
+            mask = causal & (attention_mask[:, None, None, :] | torch.eye(T, dtype=torch.bool, device=input_ids.device))
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.model.layers:
+            if self.gradient_checkpointing and self.training and cache is None:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.advance(T, position_ids[:, -1] + 1)
+        return self.model.norm(x)
+
+    def logits(self, hidden):
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+        """Logits [batch, time, vocab]."""
+        return self.logits(self.hidden_states(input_ids, attention_mask, position_ids, cache))
+
+    # loading and saving are defined below, next to the file formats they read
+    @classmethod
+    def from_pretrained(cls, path_or_id, dtype=None, device=None) -> "Qwen2":
+        return load_pretrained(path_or_id, dtype=dtype, device=device)
+
+    def save_pretrained(self, out_dir, tokenizer_dir=None):
+        save_pretrained(self, out_dir, tokenizer_dir=tokenizer_dir)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# -----------------------------------------------------------------------------
+# 3. KV cache: allocated once per generate call; layers write into it in place.
+
+
+class KVCache:
+    def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, device, dtype):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # real token in slot?
+        self.length = 0  # slots filled so far (the same for every row: padding fills slots too)
+        self.next_position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self._pending = 0
+
+    def attention_mask(self, attention_mask):
+        """Mask [B, 1, T, S] for T new tokens that go into slots length..length+T-1."""
+        T = attention_mask.shape[1]
+        start, end = self.length, self.length + T
+        if end > self.valid.shape[1]:
+            raise ValueError(f"KV cache is full: {end} slots needed, {self.valid.shape[1]} allocated")
+        self.valid[:, start:end] = attention_mask
+        self._pending = T
+        key_slots = torch.arange(end, device=self.valid.device)
+        query_slots = torch.arange(start, end, device=self.valid.device)
+        causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
+        itself = key_slots[None, :] == query_slots[:, None]
+        return (causal & (self.valid[:, None, None, :end] | itself))
+
+    def write(self, layer: int, k, v):
+        T = k.shape[2]
+        self.k[layer, :, :, self.length:self.length + T] = k
+        self.v[layer, :, :, self.length:self.length + T] = v
+        end = self.length + T
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, T: int, next_position):
+        self.length += T
+        self.next_position = next_position[:, None]
+
+    def select_rows(self, rows):
+        """Keep (or repeat) batch rows, e.g. to drop finished sequences or to share one prefill."""
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
+        self.valid = self.valid.index_select(0, rows)
+        self.next_position = self.next_position.index_select(0, rows)
+
+
+# -----------------------------------------------------------------------------
+# 4. Loading and saving checkpoints
+
+HUB_FILES = ["*.json", "*.safetensors", "merges.txt", "vocab.json", "tokenizer*"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json"]
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_checkpoint_dir(path_or_id) -> Path:
+    """A local folder as it is; anything else is treated as a Hugging Face hub id and downloaded
+    (weights, configs and tokenizer files only) into the hub cache."""
+    path = Path(path_or_id)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{path}: expected a checkpoint folder, found a file")
+    name = str(path_or_id)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise FileNotFoundError(f"{path}: no such checkpoint folder (and not a hub id like 'Qwen/Qwen2.5-0.5B')")
+    from huggingface_hub import snapshot_download  # installed with `datasets`
+    return Path(snapshot_download(repo_id=name, allow_patterns=HUB_FILES))
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def checkpoint_files(folder: Path) -> dict[str, list[str]]:
+    """{safetensors file: [tensor names]} from model.safetensors or an index of shards."""
+    from safetensors import safe_open
+    index = folder / "model.safetensors.index.json"
+    single = folder / "model.safetensors"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index}: not a safetensors index ({e!r})") from None
+        files: dict[str, list[str]] = {}
+        for name, shard in weight_map.items():
+            files.setdefault(shard, []).append(name)
+        for shard in files:
+            if not (folder / shard).is_file():
+                raise FileNotFoundError(f"{folder / shard}: shard listed in {index.name} is missing")
+        return files
+    if single.is_file():
+        with safe_open(single, framework="pt") as f:
+            return {single.name: list(f.keys())}
+    raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def load_pretrained(path_or_id, dtype=None, device=None) -> Qwen2:
+    """Build the model on the meta device (no memory), then read each tensor straight into its
+    final dtype and device, so at most one tensor is ever held twice."""
+    from safetensors import safe_open
+    folder = resolve_checkpoint_dir(path_or_id)
+    config = Qwen2Config.from_json(folder / "config.json")
+    dtype = parse_dtype(dtype)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    with torch.device("meta"):
+        model = Qwen2(config)
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    state = {}
+    for file_name, names in checkpoint_files(folder).items():
+        path = folder / file_name
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in names:
+                if name == "lm_head.weight" and config.tie_word_embeddings:
+                    continue  # some tied checkpoints store the head too; it equals the embedding
+                if name not in expected:
+                    raise ValueError(f"{path}: unexpected tensor {name}")
+                tensor = f.get_tensor(name)
+                if tuple(tensor.shape) != expected[name]:
+                    raise ValueError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
+                                     f"config says {expected[name]}")
+                state[name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise ValueError(f"{folder}: checkpoint lacks tensor {missing[0]}"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    model.load_state_dict(state, strict=True, assign=True)
+    model.source_dir = folder
+    return model.eval()
+
+
+def save_pretrained(model: Qwen2, out_dir, tokenizer_dir=None):
+    """Write config.json, model.safetensors (LoRA merged in, no lm_head when tied),
+    generation_config.json and the tokenizer files to a temporary folder, then rename it into
+    place, so an interrupted save never leaves a half-written checkpoint behind."""
+    from safetensors.torch import save_file
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        state = merged_state_dict(model)
+        dtype_name = next(k for k, v in DTYPES.items() if v == model.dtype)
+        config = dataclasses.replace(model.config, torch_dtype=dtype_name)
+        (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()},
+                  tmp / "model.safetensors", metadata={"format": "pt"})
+        source = Path(tokenizer_dir) if tokenizer_dir is not None else model.source_dir
+        generation = source / "generation_config.json" if source is not None else None
+        if generation is not None and generation.is_file():
+            shutil.copyfile(generation, tmp / "generation_config.json")
+        else:
+            (tmp / "generation_config.json").write_text(json.dumps(
+                {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+                 "do_sample": False}, indent=2) + "\n")
+        if source is not None:
+            for name in TOKENIZER_FILES:
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, tmp / name)
+        old = out_dir.with_name(out_dir.name + ".old")
+        if out_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# -----------------------------------------------------------------------------
+# 5. LoRA: W x + (alpha / r) * B(A(dropout(x))), with W frozen. The authors trained stage 1
+# this way (r=16, alpha=32, dropout 0.05 on q/k/v/o); saving merges B @ A into W.
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base = base
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device, dtype=base.weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device, dtype=base.weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # B = 0, so training starts at W
+        self.scale = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+        self.enabled = True
+
+    @property
+    def weight(self):
+        return self.base.weight
+
+    def forward(self, x):
+        out = self.base(x)
+        if self.enabled:
+            out = out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+        return out
+
+    def merged_weight(self):
+        return self.base.weight + (self.lora_B @ self.lora_A) * self.scale
+
+
+def add_lora(model: Qwen2, rank: int = 16, alpha: float = 32.0, dropout: float = 0.05,
+             targets: Sequence[str] = LORA_TARGETS) -> Qwen2:
+    """Freeze every weight and wrap the target projections with trainable adapters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in model.model.layers:
+        for name in targets:
+            setattr(layer.self_attn, name, LoRALinear(getattr(layer.self_attn, name), rank, alpha, dropout))
+    return model
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+@contextlib.contextmanager
+def lora_disabled(model: nn.Module):
+    """The base model without adapters, e.g. as the frozen GRPO reference with no second copy."""
+    adapters = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for m in adapters:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in adapters:
+            m.enabled = True
+
+
+def merged_state_dict(model: Qwen2) -> dict[str, torch.Tensor]:
+    """The plain Hugging Face state dict, with each adapter folded into its weight."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if ".lora_" in name:
+            continue
+        state[name.replace(".base.", ".")] = tensor
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            state[f"{name}.weight"] = module.merged_weight().detach()
+    return state
+
+
+# -----------------------------------------------------------------------------
+# 6. Tokenizer
+
+
+class Tokenizer:
+    """The `tokenizers` library's tokenizer plus what generation needs to know: which ids end a
+    sequence (from generation_config.json and tokenizer_config.json) and which id pads."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer as HFTokenizer
+        self.folder = folder
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: tokenizer file not found")
+        self.tok = HFTokenizer.from_file(str(path))
+        tok_config = _read_json(folder / "tokenizer_config.json")
+        gen_config = _read_json(folder / "generation_config.json")
+        eos_ids: list[int] = []
+        gen_eos = gen_config.get("eos_token_id")
+        for i in (gen_eos if isinstance(gen_eos, list) else [gen_eos]):
+            if i is not None and i not in eos_ids:
+                eos_ids.append(int(i))
+        for key in ("eos_token",):
+            token_id = self._special_id(tok_config.get(key), folder)
+            if token_id is not None and token_id not in eos_ids:
+                eos_ids.append(token_id)
+        if not eos_ids:
+            fallback = self.tok.token_to_id("<|endoftext|>")
+            if fallback is None:
+                raise ValueError(f"{folder}: no EOS token in generation_config.json or tokenizer_config.json")
+            eos_ids.append(fallback)
+        self.eos_token_ids = eos_ids
+        pad = self._special_id(tok_config.get("pad_token"), folder)
+        self.pad_token_id = pad if pad is not None else eos_ids[0]
+
+    def _special_id(self, token, folder):
+        if isinstance(token, dict):  # {"content": "<|endoftext|>", ...}
+            token = token.get("content")
+        if token is None:
+            return None
+        token_id = self.tok.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{folder / 'tokenizer_config.json'}: token {token!r} is not in the vocabulary")
+        return token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.eos_token_ids[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_tokenizer(path_or_id) -> Tokenizer:
+    return Tokenizer(resolve_checkpoint_dir(path_or_id))
+
+
+# -----------------------------------------------------------------------------
+# 7. Generation
+
+
+@dataclass
+class Generation:
+    """What generate returns, one entry per row (prompt-major: prompt 0's samples come first)."""
+    tokens: list[list[int]]           # new tokens, ending at and including EOS when one was made
+    finish_reasons: list[str]         # "eos", "stop" (a stop string or stop_fn) or "length"
+    logprobs: list[list[float]] | None = None  # log p(token) at the sampling temperature
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device):
+    """[B, T] ids and a [B, T] bool mask of real tokens, padding on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.bool)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = True
+    return ids.to(device), mask.to(device)
+
+
+def sample_next(logits, temperature: float, top_p: float, generator=None):
+    """Pick one token per row. Returns (tokens [B], log-probs [B] under softmax(logits / T)).
+
+    The log-prob is taken before top-p truncation: it is the policy's own probability, the
+    number token_logprobs() recomputes later for the GRPO importance ratio."""
+    logits = logits.float()
+    if temperature <= 0:
+        tokens = logits.argmax(-1)
+        return tokens, torch.log_softmax(logits, -1).gather(-1, tokens[:, None])[:, 0]
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    probs = logprobs.exp()
+    if top_p < 1.0:
+        # Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p. Most
+        # rows need only a few hundred candidates, so look at the top k first and fall back to a
+        # full sort only when those do not reach top_p (the result is exact either way).
+        k = min(1024, probs.shape[-1])
+        top_probs, top_ids = probs.topk(k, dim=-1)
+        if (top_probs.sum(-1) < top_p).any():
+            top_probs, top_ids = probs.sort(dim=-1, descending=True)
+        before = top_probs.cumsum(-1) - top_probs  # mass of the tokens ranked above each token
+        top_probs = top_probs.masked_fill(before >= top_p, 0.0)
+        choice = torch.multinomial(top_probs, 1, generator=generator)
+        tokens = top_ids.gather(-1, choice)[:, 0]
+    else:
+        tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+
+
+@torch.inference_mode()
+def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0, num_samples: int = 1,
+             eos_token_ids: Sequence[int] | int | None = None, pad_token_id: int = 0,
+             stop_strings: Sequence[str] = (), stop_fn: Callable[[str], bool] | None = None,
+             tokenizer: Tokenizer | None = None, seed: int | None = None,
+             generator: torch.Generator | None = None, return_logprobs: bool = False) -> Generation:
+    """Complete each prompt (token-id lists of any lengths); `num_samples` completions each.
+
+    How it works: prompts are left-padded into one batch and prefilled once into a KV cache
+    sized for prompt + max_new_tokens; with num_samples > 1 the prefilled cache is repeated, so a
+    GRPO group shares one prefill. Each decode step feeds one token per live row. Rows stop at an
+    EOS id, at a stop string (or when stop_fn(text so far) is true; both need `tokenizer`), or
+    at max_new_tokens. When a quarter of the rows have finished they are dropped from the batch,
+    so finished rows stop costing work.
+    """
+    if not prompts:
+        return Generation([], [], [] if return_logprobs else None)
+    if (stop_strings or stop_fn) and tokenizer is None:
+        raise ValueError("generate: stop_strings / stop_fn need the tokenizer to read the text")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    if eos_token_ids is None:
+        eos_token_ids = tokenizer.eos_token_ids if tokenizer is not None else model.config.eos_token_id
+    eos_list = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids or [])
+    device = model.device
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+
+    # 1. prefill every distinct prompt once
+    ids, mask = left_pad(prompts, pad_token_id, device)
+    cache = KVCache(model.config, len(prompts), ids.shape[1] + max_new_tokens, device, model.dtype)
+    logits = model(ids, attention_mask=mask, cache=cache)[:, -1]
+    if num_samples > 1:
+        rows = torch.arange(len(prompts), device=device).repeat_interleave(num_samples)
+        cache.select_rows(rows)
+        logits = logits.index_select(0, rows)
+
+    # 2. decode, one token per live row per step
+    n_rows = len(prompts) * num_samples
+    out_tokens: list[list[int]] = [[] for _ in range(n_rows)]
+    out_logprobs: list[list[float]] = [[] for _ in range(n_rows)]
+    reasons = ["length"] * n_rows
+    live = list(range(n_rows))  # batch row -> original row; -1 once finished (until compaction)
+    eos_tensor = torch.tensor(eos_list, device=device, dtype=torch.long)
+    longest_stop = max((len(s) for s in stop_strings), default=0)
+    for step in range(max_new_tokens):
+        tokens, logprobs = sample_next(logits, temperature, top_p, generator)
+        token_list = tokens.tolist()
+        is_eos = torch.isin(tokens, eos_tensor).tolist() if eos_list else [False] * len(live)
+        logprob_list = logprobs.tolist() if return_logprobs else None
+        for b, row in enumerate(live):
+            if row < 0:
+                continue
+            out_tokens[row].append(token_list[b])
+            if return_logprobs:
+                out_logprobs[row].append(logprob_list[b])
+            if is_eos[b]:
+                reasons[row], live[b] = "eos", -1
+            elif stop_strings or stop_fn:
+                # a stop string can only end in the newest tokens: decode just those
+                tail = tokenizer.decode(out_tokens[row][-(longest_stop + 2):]) if stop_strings else ""
+                if any(s in tail for s in stop_strings) or (stop_fn and stop_fn(tokenizer.decode(out_tokens[row]))):
+                    reasons[row], live[b] = "stop", -1
+        n_live = sum(row >= 0 for row in live)
+        if n_live == 0 or step == max_new_tokens - 1:
+            break
+        if n_live <= 0.75 * len(live):
+            # compact the batch so finished rows stop costing work; until then they ride along
+            # (cheaper than copying the cache after every single finish)
+            keep = torch.tensor([b for b, row in enumerate(live) if row >= 0], device=device)
+            cache.select_rows(keep)
+            tokens = tokens.index_select(0, keep)
+            live = [row for row in live if row >= 0]
+        logits = model(tokens[:, None], cache=cache)[:, -1]
+    return Generation(out_tokens, reasons, out_logprobs if return_logprobs else None)
+
+
+# -----------------------------------------------------------------------------
+# 8. Log-probabilities of given completions (for the GRPO loss)
+
+
+def pad_prompt_completion(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                          pad_token_id: int, device):
+    """Rows laid out as [left padding][prompt][completion][right padding], so every completion
+    starts at the same column P. Returns ids [B, P+C], attention mask [B, P+C], the completion
+    ids [B, C], their mask [B, C], and P."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    prompt_ids, prompt_mask = left_pad(prompts, pad_token_id, "cpu")
+    width = max(1, max(len(c) for c in completions))
+    comp_ids = torch.full((len(completions), width), pad_token_id, dtype=torch.long)
+    comp_mask = torch.zeros(len(completions), width, dtype=torch.bool)
+    for i, c in enumerate(completions):
+        if len(c):
+            comp_ids[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+            comp_mask[i, :len(c)] = True
+    ids = torch.cat([prompt_ids, comp_ids], 1).to(device)
+    mask = torch.cat([prompt_mask, comp_mask], 1).to(device)
+    return ids, mask, comp_ids.to(device), comp_mask.to(device), prompt_ids.shape[1]
+
+
+def token_logprobs(model: Qwen2, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                   temperature: float = 1.0, pad_token_id: int = 0):
+    """log p(completion token t | prompt, tokens before t) under softmax(logits / temperature).
+
+    Returns (logprobs [B, C] float32, mask [B, C] bool); padded positions hold 0. Gradients
+    flow, so wrap the call in torch.no_grad() for the sampling-time or reference policy.
+    Only the completion positions go through the LM head, which keeps the [B, C, vocab]
+    logits (the largest tensor here, vocab = 151,936) as small as it can be."""
+    ids, mask, comp_ids, comp_mask, P = pad_prompt_completion(prompts, completions, pad_token_id, model.device)
+    hidden = model.hidden_states(ids, attention_mask=mask)
+    C = comp_ids.shape[1]
+    logits = model.logits(hidden[:, P - 1:P - 1 + C]).float()  # position j predicts token j+1
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    logprobs = logits.gather(-1, comp_ids[..., None])[..., 0] - logits.logsumexp(-1)
+    return logprobs.masked_fill(~comp_mask, 0.0), comp_mask

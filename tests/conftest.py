@@ -1,0 +1,53 @@
+"""Shared test fixtures: paths into ../shared, tiny random checkpoints, the tiny world."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("BRIDGE_SHARED", ROOT.parent / "shared"))
+QWEN_TOKENIZER = SHARED / "tokenizers" / "qwen2.5"
+GSM8K_TEST = SHARED / "data" / "gsm8k" / "test.jsonl"
+GSM8K_TRAIN = SHARED / "data" / "gsm8k" / "train.jsonl"
+BRIDGE_STAGE3 = SHARED / "data" / "bridge" / "stage3_error_samples.json"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_config_dict(vocab_size=151936, hidden=32, layers=2, heads=4, kv_heads=2, tied=True, **extra):
+    """A Qwen2.5-shaped config.json, small enough to run anywhere."""
+    return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": vocab_size,
+            "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": 2048,
+            "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": tied,
+            "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
+            "torch_dtype": "float32", **extra}
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_checkpoint(tmp_path_factory):
+    """A random-weight Qwen2.5-architecture checkpoint with the real Qwen2.5 tokenizer
+    (base-model tokenizer config: EOS <|endoftext|>)."""
+    from model import Qwen2, Qwen2Config
+    import shutil
+    tok_dir = tmp_path_factory.mktemp("qwen_tokenizer")
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        shutil.copyfile(QWEN_TOKENIZER / name, tok_dir / name)
+    shutil.copyfile(QWEN_TOKENIZER / "tokenizer_config.base.json", tok_dir / "tokenizer_config.json")
+    shutil.copyfile(SHARED / "configs" / "generation_config" / "qwen2.5-0.5b.json", tok_dir / "generation_config.json")
+    model = Qwen2(Qwen2Config.from_dict(tiny_config_dict())).init_weights(seed=0)
+    out = tmp_path_factory.mktemp("tiny_qwen") / "checkpoint"
+    model.save_pretrained(out, tokenizer_dir=tok_dir)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The tiny world's test preset (problems, tokenizer, a briefly pre-trained base model),
+    built once per test session. See tiny_world.py."""
+    import tiny_world as tw
+    return tw.build_world(tmp_path_factory.mktemp("tiny_world"), preset="test", seed=0)
