@@ -1,0 +1,271 @@
+"""
+Stage 3 of BRIDGE: teach the student, with GRPO, to rewrite the teacher's reasoning concisely on
+the questions it still gets wrong after stage 2 (../shared/PAPER.md, "Stage 3").
+
+Why a third stage. After stage 2 the student writes short, structured reasoning, but some
+training questions stay out of reach: sampling more from the student does not help, because
+none of its samples is right, so GRPO has nothing to reinforce. Stage 3 puts the teacher's full
+rationale in front of the student and rewards it for a correct rewrite that is shorter than the
+teacher's. The questions are the student's own persistent failures, so its reward signal is
+spent exactly where it is weakest.
+
+The pieces, in the order this file defines them:
+  1. failure mining   - k sampled attempts per question (default 4 at temperature 0.7); a
+                        question is a persistent failure when at least t of them are wrong
+                        (default t = k: never right). k=1 with greedy decoding is the authors'
+                        rule. The mined set is written as JSONL (a valid teacher file plus the
+                        attempts), and `--failures PATH` reuses one instead of mining.
+  2. the prompt       - the question and the teacher's full rationale, with the instruction to
+                        rewrite it step by step, shorter, same answer, ending in `Final Answer: N`.
+  3. rewards          - `paper_rewrite`, the ratio reward of PAPER.md, and alternatives by name.
+  4. GRPO             - imported from stage2_grpo.py: the same loop, options, metrics.jsonl,
+                        checkpoints and --resume. Only the prompts and the reward are this file's.
+
+Which prompt the policy gradient is taken under (`--policy-prompt`). The rollouts are sampled
+from the rewriting prompt, because that is where the teacher's rationale is. The evaluation,
+however, asks the question with no rationale at all (eval.PROMPT_TEMPLATE). With
+`--policy-prompt rewrite` (the paper's text) the loss conditions each rewrite on the rewriting
+prompt it was sampled from: the student learns to rewrite, and only what that shares with
+answering (the short step format, the final line) reaches the zero-shot evaluation. With
+`--policy-prompt eval` the same sampled rewrite is scored as an answer to the plain evaluation
+prompt, so the correct concise rewrites of questions the student could not solve become
+answers it learns to give unaided. The authors' released code scores the response with no
+prompt at all (one of its defects, like those PAPER.md lists for stage 2), which is the second
+reading's effect, not the first's. See the README for the measured difference on the tiny world.
+
+    python stage3_rewrite.py --model runs/tiny/stage2 --teacher-data runs/tiny/world/teacher.jsonl \
+        --rows 400: --out runs/tiny/stage3
+    python stage3_rewrite.py --model runs/paper/stage2 --teacher-data ../shared/data/bridge/stage3_error_samples.json \
+        --failures ../shared/data/bridge/stage3_error_samples.json --out runs/paper/stage3   # the authors' failure set
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from eval import build_prompt, extract_answer, is_correct, should_stop, strip_continuation, write_atomic
+
+# -----------------------------------------------------------------------------
+# 1. Failure mining
+
+
+@dataclass
+class Attempt:
+    """One of the student's answers to the plain evaluation prompt."""
+    completion: str
+    prediction: str | None
+    correct: bool
+
+
+@dataclass
+class Failure:
+    """A training question the student keeps getting wrong, with the teacher's rationale.
+    Written as one JSONL line; the first four fields are the teacher-data format, so the mined
+    file is itself a teacher file that teacher.load_teacher_data reads."""
+    question: str
+    answer: str                     # the gold answer, a number as a string
+    rationale: str                  # the teacher's full rationale
+    steps: list[str]
+    row: int = -1                   # index of the question in --teacher-data (after --rows)
+    wrong: int = 0                  # how many attempts were wrong
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def is_persistent(wrong: int, attempts: int, threshold: int) -> bool:
+    """At least `threshold` of `attempts` wrong. threshold = attempts: never right once."""
+    if not 1 <= threshold <= attempts:
+        raise ValueError(f"failure threshold must be between 1 and the number of attempts "
+                         f"({attempts}), got {threshold}")
+    return wrong >= threshold
+
+
+# A sampler answers each question k times: (questions, k) -> k completions per question.
+Sampler = Callable[[Sequence[str], int], list[list[str]]]
+
+
+def model_sampler(model, tokenizer, temperature: float = 0.7, top_p: float = 1.0,
+                  max_new_tokens: int = 512, batch_size: int = 16, seed: int = 0,
+                  progress: bool = False) -> Sampler:
+    """The student answering the evaluation prompt exactly as eval.py asks it (same prompt, same
+    stop rule), k samples per question sharing one prefill. temperature 0 is greedy (then the k
+    attempts are identical, so use k=1)."""
+    import torch
+    from tqdm import tqdm
+    from model import generate
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+
+    def sample(questions: Sequence[str], k: int) -> list[list[str]]:
+        prompts = tokenizer.encode_batch([build_prompt(q) for q in questions])
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
+        out: list[list[str]] = [[] for _ in questions]
+        per_call = max(1, batch_size // k)  # batch_size counts rows, and each prompt makes k rows
+        bar = tqdm(total=len(questions), desc="mining", disable=not progress, dynamic_ncols=True)
+        for lo in range(0, len(order), per_call):
+            batch = order[lo:lo + per_call]
+            gen = generate(model, [prompts[i] for i in batch], max_new_tokens, temperature=temperature,
+                           top_p=top_p, num_samples=k, tokenizer=tokenizer,
+                           pad_token_id=tokenizer.pad_token_id, stop_fn=should_stop, generator=generator)
+            for j, i in enumerate(batch):
+                out[i] = [tokenizer.decode(t) for t in gen.tokens[j * k:(j + 1) * k]]
+            bar.update(len(batch))
+        bar.close()
+        return out
+
+    return sample
+
+
+def mine_failures(examples: Sequence, sampler: Sampler, attempts: int = 4, threshold: int | None = None,
+                  rows: Sequence[int] | None = None) -> list[Failure]:
+    """The persistent failures among `examples` (teacher records with question, answer, rationale,
+    steps), in input order. `rows` numbers the examples in the output (default 0, 1, ...)."""
+    threshold = attempts if threshold is None else threshold
+    is_persistent(0, attempts, threshold)  # validate before spending any compute
+    completions = sampler([e.question for e in examples], attempts)
+    failures = []
+    for n, (example, answers) in enumerate(zip(examples, completions)):
+        if len(answers) != attempts:
+            raise ValueError(f"sampler returned {len(answers)} attempts for question {n}, expected {attempts}")
+        tried = []
+        for text in answers:
+            prediction = extract_answer(text)
+            tried.append(Attempt(text, prediction, is_correct(prediction, example.answer)))
+        wrong = sum(not a.correct for a in tried)
+        if is_persistent(wrong, attempts, threshold):
+            failures.append(Failure(example.question, example.answer, example.rationale, list(example.steps),
+                                    row=rows[n] if rows is not None else n, wrong=wrong, attempts=tried))
+    return failures
+
+
+def save_failures(path: Path, failures: Sequence[Failure]):
+    write_atomic(Path(path), "".join(json.dumps(asdict(f)) + "\n" for f in failures))
+
+
+def load_failures(path: Path) -> list[Failure]:
+    """A mined set written by save_failures. (Other failure sets, such as the authors' released
+    stage-3 JSON list, are teacher data: main() reads them with teacher.load_teacher_data.)"""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: failures file not found")
+    failures = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object")
+            for key in ("question", "answer", "rationale"):
+                if not isinstance(record.get(key), str) or not record[key].strip():
+                    raise ValueError(f"{path}:{line_no}: field '{key}' is missing or not a non-empty string")
+            attempts = [Attempt(a.get("completion", ""), a.get("prediction"), bool(a.get("correct")))
+                        for a in record.get("attempts") or []]
+            failures.append(Failure(record["question"], record["answer"], record["rationale"],
+                                    list(record.get("steps") or []), row=int(record.get("row", -1)),
+                                    wrong=int(record.get("wrong", len(attempts))), attempts=attempts))
+    return failures
+
+
+# -----------------------------------------------------------------------------
+# 2. The rewriting prompt
+
+REWRITE_TEMPLATE = (
+    "Here is a math problem and a correct solution to it. Rewrite the solution step by step so "
+    "that it is much shorter: fewer steps, fewer words, no restating of the question, the same "
+    "answer.\n"
+    "Question: {question}\n"
+    "Solution:\n{rationale}\n"
+    'Write the shorter solution as "Step 1: ...", "Step 2: ..." and end it with "Final Answer: [number]"\n'
+    "Shorter solution:"
+)
+
+
+def build_rewrite_prompt(question: str, rationale: str) -> str:
+    return REWRITE_TEMPLATE.format(question=question.strip(), rationale=rationale.strip())
+
+
+# -----------------------------------------------------------------------------
+# 3. Rewards: (response, example) -> float, chosen by name with --reward
+
+STEP_MARKER = re.compile(r"Step\s*\d+\s*:", re.IGNORECASE)
+ANSWER_MARKER = re.compile(r"Answer:", re.IGNORECASE)
+
+
+def answer_part(response: str) -> str:
+    """The response up to the end of its first answer line (the authors cut there too): what
+    follows the answer is not part of the rewrite and must not count towards its length."""
+    text = strip_continuation(response)
+    match = re.search(r"(?:Final Answer|Answer):[^\n]*", text, re.IGNORECASE)
+    return text[:match.end()] if match else text
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def compression_bonus(ratio: float) -> float:
+    """c(ratio) of PAPER.md: -0.5*min(ratio-1, 1) above 1; 0 on (0.8, 1]; 0.5*(0.8-ratio)/0.3 on
+    (0.5, 0.8]; 0.5 + 0.3*min((0.5-ratio)/0.3, 1) at or below 0.5. Continuous, from -0.5
+    (twice the teacher's length or more) to +0.8 (a fifth of it or less)."""
+    if ratio > 1:
+        return -0.5 * min(ratio - 1, 1.0)
+    if ratio > 0.8:
+        return 0.0
+    if ratio > 0.5:
+        return 0.5 * (0.8 - ratio) / 0.3
+    return 0.5 + 0.3 * min((0.5 - ratio) / 0.3, 1.0)
+
+
+def paper_rewrite(response: str, example) -> float:
+    """The paper's stage-3 reward, with ratio = response words / teacher-rationale words:
+
+        wrong answer                                  -2
+        right answer, no `Step k:` or no `Answer:`    -1
+        otherwise                                     1 + c(ratio)
+
+    c(ratio) = -0.5*min(ratio - 1, 1)           if ratio > 1
+               0                                if 0.8 < ratio <= 1
+               0.5*(0.8 - ratio)/0.3            if 0.5 < ratio <= 0.8
+               0.5 + 0.3*min((0.5 - ratio)/0.3, 1)  if ratio <= 0.5
+
+    so a correct rewrite earns 0.5 (twice the teacher's length) to 1.8 (a fifth of it).
+    Words are whitespace-separated pieces, counted up to the end of the answer line."""
+    text = answer_part(response)
+    if not is_correct(extract_answer(text), example.answer):
+        return -2.0
+    if not (STEP_MARKER.search(text) and ANSWER_MARKER.search(text)):
+        return -1.0
+    ratio = word_count(text) / max(1, word_count(example.rationale))
+    return 1.0 + compression_bonus(ratio)
+
+
+def rewrite_linear(response: str, example) -> float:
+    """Like paper_rewrite with a compression term that never goes flat: 1 + clip(1 - ratio,
+    -0.5, 0.8), wrong -2, missing steps/answer -1. The paper's term gives no signal between 0.8
+    and 1 times the teacher's length; this one rewards every word saved."""
+    text = answer_part(response)
+    if not is_correct(extract_answer(text), example.answer):
+        return -2.0
+    if not (STEP_MARKER.search(text) and ANSWER_MARKER.search(text)):
+        return -1.0
+    ratio = word_count(text) / max(1, word_count(example.rationale))
+    return 1.0 + min(max(1.0 - ratio, -0.5), 0.8)
+
+
+def rewrite_correct(response: str, example) -> float:
+    """Correctness only: 1 for the right answer, 0 otherwise (no length or format pressure), the
+    control that shows what the compression term adds."""
+    return float(is_correct(extract_answer(answer_part(response)), example.answer))
+
+
+REWARDS: dict[str, Callable[[str, object], float]] = {
+    "paper_rewrite": paper_rewrite,
+    "rewrite_linear": rewrite_linear,
+    "rewrite_correct": rewrite_correct,
+}

@@ -1,0 +1,179 @@
+"""Stage 3: failure mining, the rewriting prompt, the rewrite rewards, and the stage on the tiny world."""
+from dataclasses import dataclass, field
+
+import pytest
+
+import stage3_rewrite as s3
+
+
+@dataclass
+class Record:
+    """A teacher record (teacher.TeacherExample's fields)."""
+    question: str
+    answer: str
+    rationale: str
+    steps: list = field(default_factory=list)
+
+
+def teacher_record(words: int = 100, answer: str = "7") -> Record:
+    """A teacher rationale of exactly `words` words ending in the answer line."""
+    body = " ".join(["word"] * (words - 4))
+    return Record("How many?", answer, f"Step 1: {body}\nAnswer: {answer}", [body])
+
+
+def response_of(words: int, answer: str = "7", steps: bool = True, answer_line: bool = True) -> str:
+    """A response of exactly `words` words (counting `Step 1:` as two, `Final Answer: N` as three)."""
+    head = "Step 1: " if steps else ""
+    tail = f"\nFinal Answer: {answer}" if answer_line else f" so {answer}"
+    filler = words - (2 if steps else 0) - (3 if answer_line else 2)
+    text = head + " ".join(["x"] * filler) + tail
+    assert s3.word_count(text) == words
+    return text
+
+
+# -----------------------------------------------------------------------------
+# Rewards
+
+
+@pytest.mark.parametrize("words, expected", [
+    (100, 1.0),                        # ratio exactly 1: no bonus, no penalty
+    (90, 1.0),                         # inside (0.8, 1]: flat
+    (80, 1.0),                         # ratio exactly 0.8: bonus starts at 0
+    (65, 1.0 + 0.5 * 0.15 / 0.3),      # halfway through (0.5, 0.8]
+    (50, 1.5),                         # ratio exactly 0.5: both branches give 0.5
+    (35, 1.5 + 0.3 * 0.5),             # (0.5 - 0.35) / 0.3 = 0.5 of the last branch
+    (20, 1.8),                         # ratio 0.2: the maximum
+    (10, 1.8),                         # capped below 0.2
+    (150, 0.75),                       # 1.5x the teacher: -0.5 * 0.5
+    (200, 0.5),                        # exactly 2x: -0.5
+    (260, 0.5),                        # above 2x: the penalty is capped
+])
+def test_paper_rewrite_ratio_boundaries(words, expected):
+    assert s3.paper_rewrite(response_of(words), teacher_record(100)) == pytest.approx(expected)
+
+
+def test_paper_rewrite_wrong_and_missing_structure():
+    teacher = teacher_record(100)
+    assert s3.paper_rewrite(response_of(50, answer="8"), teacher) == -2.0      # wrong beats short
+    assert s3.paper_rewrite(response_of(250, answer="8"), teacher) == -2.0
+    assert s3.paper_rewrite(response_of(50, steps=False), teacher) == -1.0     # no `Step k:`
+    assert s3.paper_rewrite(response_of(50, answer_line=False), teacher) == -1.0  # right number, no `Answer:`
+    assert s3.paper_rewrite("", teacher) == -2.0
+
+
+def test_words_after_the_answer_line_do_not_count():
+    teacher = teacher_record(100)
+    short = response_of(50)
+    assert s3.paper_rewrite(short + "\nQuestion: " + "y " * 300, teacher) == pytest.approx(1.5)
+    assert s3.paper_rewrite(short + "\n" + "y " * 300, teacher) == pytest.approx(1.5)
+
+
+def test_alternative_rewards():
+    teacher = teacher_record(100)
+    assert s3.rewrite_linear(response_of(100), teacher) == pytest.approx(1.0)
+    assert s3.rewrite_linear(response_of(90), teacher) == pytest.approx(1.1)  # no flat zone
+    assert s3.rewrite_linear(response_of(10), teacher) == pytest.approx(1.8)
+    assert s3.rewrite_linear(response_of(300), teacher) == pytest.approx(0.5)
+    assert s3.rewrite_linear(response_of(50, answer="8"), teacher) == -2.0
+    assert s3.rewrite_correct(response_of(300), teacher) == 1.0
+    assert s3.rewrite_correct(response_of(30, answer="8"), teacher) == 0.0
+    assert set(s3.REWARDS) >= {"paper_rewrite", "rewrite_linear", "rewrite_correct"}
+
+
+# -----------------------------------------------------------------------------
+# Mining
+
+
+def scripted_sampler(script: dict):
+    """A fake student: question -> its list of answers, returned verbatim; records each call."""
+    calls = []
+
+    def sample(questions, k):
+        calls.append((list(questions), k))
+        return [list(script[q][:k]) for q in questions]
+
+    sample.calls = calls
+    return sample
+
+
+def make_world(k: int = 4):
+    """Questions q0..q4 where q_j has j right answers out of k (and its gold is j + 10)."""
+    examples, script = [], {}
+    for j in range(k + 1):
+        gold = str(j + 10)
+        examples.append(Record(f"q{j}", gold, f"Step 1: it is {gold}\nAnswer: {gold}", [f"it is {gold}"]))
+        right = [f"Step 1: so\nFinal Answer: {gold}"] * j
+        wrong = [f"Step 1: so\nFinal Answer: {int(gold) + 1}"] * (k - j)
+        script[f"q{j}"] = right + wrong
+    return examples, script
+
+
+@pytest.mark.parametrize("threshold, expected", [
+    (4, ["q0"]),                       # the default t = k: never right once
+    (3, ["q0", "q1"]),                 # at least 3 of 4 wrong
+    (2, ["q0", "q1", "q2"]),
+    (1, ["q0", "q1", "q2", "q3"]),     # any wrong attempt
+])
+def test_mining_threshold_boundaries(threshold, expected):
+    examples, script = make_world(4)
+    sampler = scripted_sampler(script)
+    failures = s3.mine_failures(examples, sampler, attempts=4, threshold=threshold)
+    assert [f.question for f in failures] == expected
+    assert sampler.calls == [([e.question for e in examples], 4)]   # one call, k attempts each
+    for f in failures:
+        assert f.wrong == 4 - int(f.question[1:]) and len(f.attempts) == 4
+        assert sum(not a.correct for a in f.attempts) == f.wrong
+        assert f.rationale.endswith(f"Answer: {f.answer}")
+
+
+def test_mining_default_threshold_is_all_attempts_and_k1_is_one_attempt():
+    examples, script = make_world(4)
+    assert [f.question for f in s3.mine_failures(examples, scripted_sampler(script), attempts=4)] == ["q0"]
+    # k = 1 (the authors' single greedy attempt): q_j's first scripted answer is right iff j >= 1
+    failures = s3.mine_failures(examples, scripted_sampler(script), attempts=1, rows=[100, 101, 102, 103, 104])
+    assert [(f.question, f.row, f.wrong) for f in failures] == [("q0", 100, 1)]
+
+
+@pytest.mark.parametrize("threshold", [0, 5])
+def test_mining_rejects_impossible_threshold(threshold):
+    examples, script = make_world(4)
+    sampler = scripted_sampler(script)
+    with pytest.raises(ValueError, match="threshold"):
+        s3.mine_failures(examples, sampler, attempts=4, threshold=threshold)
+    assert sampler.calls == []   # refused before any sampling
+
+
+def test_failures_file_round_trip(tmp_path):
+    examples, script = make_world(4)
+    failures = s3.mine_failures(examples, scripted_sampler(script), attempts=4, threshold=2)
+    path = tmp_path / "failures.jsonl"
+    s3.save_failures(path, failures)
+    back = s3.load_failures(path)
+    assert [(f.question, f.answer, f.rationale, f.steps) for f in back] == \
+        [(f.question, f.answer, f.rationale, f.steps) for f in failures]
+    assert [len(f.attempts) for f in back] == [4, 4, 4]
+    assert not list(tmp_path.glob(".failures.jsonl*"))   # no temporary file left behind
+
+
+def test_failures_file_errors_name_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "q", "answer": "1", "rationale": "Step 1: 1\\nAnswer: 1", "steps": ["1"]}\n'
+                    "not json\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        s3.load_failures(path)
+    path.write_text('{"question": "q", "rationale": "Step 1: 1"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1.*answer"):
+        s3.load_failures(path)
+
+
+# -----------------------------------------------------------------------------
+# The rewriting prompt
+
+
+def test_rewrite_prompt_holds_question_and_full_rationale():
+    rationale = "Step 1: 3 apples and 4 apples.\nStep 2: 3 + 4 = 7.\nAnswer: 7"
+    prompt = s3.build_rewrite_prompt("  How many apples?  ", rationale)
+    assert "Question: How many apples?\n" in prompt
+    assert rationale in prompt
+    assert "Final Answer: [number]" in prompt and "shorter" in prompt.lower()
+    assert prompt.endswith(":")   # the model continues right after the cue
