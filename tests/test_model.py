@@ -1,0 +1,259 @@
+"""model.py against transformers' Qwen2 (the numerical reference) on small random checkpoints."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import QWEN_TOKENIZER, SHARED
+from model import (KVCache, Qwen2, Qwen2Config, add_lora, generate, load_tokenizer, lora_disabled,
+                   token_logprobs)
+
+transformers = pytest.importorskip("transformers")
+
+
+def reference_model(tied: bool, seed: int = 0, vocab: int = 320):
+    """transformers' Qwen2 with every weight random (biases and norms included, so a wrong
+    bias or norm in our model cannot hide behind HF's zero/one initialisation)."""
+    config = transformers.Qwen2Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
+        max_position_embeddings=256, rope_theta=10000.0, eos_token_id=vocab - 1, bos_token_id=vocab - 1)
+    torch.manual_seed(seed)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.08)
+    return model
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param((True, None), id="tied-single"),
+    pytest.param((False, None), id="untied-single"),
+    pytest.param((True, "40KB"), id="tied-sharded"),
+    pytest.param((False, "40KB"), id="untied-sharded"),
+])
+def pair(request, tmp_path_factory):
+    tied, shard = request.param
+    ref = reference_model(tied)
+    folder = tmp_path_factory.mktemp("hf")
+    if shard:
+        ref.save_pretrained(folder, max_shard_size=shard)
+        assert (folder / "model.safetensors.index.json").exists()
+    else:
+        ref.save_pretrained(folder)
+        assert (folder / "model.safetensors").exists()
+    ours = Qwen2.from_pretrained(folder)
+    return ref, ours, folder
+
+
+def test_logits_match_transformers(pair):
+    ref, ours, _ = pair
+    ids = torch.randint(0, 320, (3, 17), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = ref(ids).logits
+        got = ours(ids)
+    assert got.shape == (3, 17, 320)
+    assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_padded_batch_matches_transformers(pair):
+    ref, ours, _ = pair
+    ids = torch.randint(0, 320, (3, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, :4] = 0   # left padding
+    mask[2, 9:] = 0   # right padding
+    with torch.no_grad():
+        expected = ref(ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask)
+    real = mask.bool()
+    assert (got - expected)[real].abs().max().item() < 1e-4
+
+
+def test_kv_cache_decoding_equals_full_forward(pair):
+    _, ours, _ = pair
+    ids = torch.randint(0, 320, (2, 14), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = ours(ids)
+        cache = KVCache(ours.config, 2, 14, "cpu", torch.float32)
+        steps = [ours(ids[:, :6], cache=cache)]
+        for t in range(6, 14):
+            steps.append(ours(ids[:, t:t + 1], cache=cache))
+    assert (torch.cat(steps, 1) - full).abs().max().item() < 1e-4
+
+
+def test_greedy_generation_batched_equals_single_and_transformers(pair):
+    ref, ours, _ = pair
+    prompts = [[5, 17, 42, 9, 100, 3], [7], [250, 251, 12, 13]]
+    eos = 319
+    batched = generate(ours, prompts, max_new_tokens=12, eos_token_ids=[eos])
+    for prompt, tokens in zip(prompts, batched.tokens):
+        alone = generate(ours, [prompt], max_new_tokens=12, eos_token_ids=[eos]).tokens[0]
+        assert tokens == alone
+        hf = ref.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                          eos_token_id=eos, pad_token_id=0)[0, len(prompt):].tolist()
+        assert tokens == hf
+
+
+def test_save_then_transformers_loads_same_logits(pair, tmp_path):
+    _, ours, _ = pair
+    ours.save_pretrained(tmp_path / "saved")
+    files = {p.name for p in (tmp_path / "saved").iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json"} <= files
+    from safetensors import safe_open
+    with safe_open(tmp_path / "saved" / "model.safetensors", "pt") as f:
+        assert ("lm_head.weight" in f.keys()) == (not ours.config.tie_word_embeddings)
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    ids = torch.randint(0, 320, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (back(ids).logits - ours(ids)).abs().max().item() < 1e-5
+    assert not any(p.name.startswith(".saved.tmp") for p in tmp_path.iterdir())
+
+
+def test_save_replaces_existing_checkpoint(pair, tmp_path):
+    _, ours, _ = pair
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "stale.txt").write_text("old")
+    ours.save_pretrained(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "stale.txt").exists()
+    assert Qwen2.from_pretrained(tmp_path / "ckpt").config.vocab_size == 320
+
+
+def test_sampling_is_reproducible_and_logprobs_match(pair):
+    _, ours, _ = pair
+    prompts = [[1, 2, 3], [9, 8, 7, 6, 5]]
+    a = generate(ours, prompts, 10, temperature=0.8, top_p=0.9, num_samples=3, seed=7, return_logprobs=True)
+    b = generate(ours, prompts, 10, temperature=0.8, top_p=0.9, num_samples=3, seed=7, return_logprobs=True)
+    c = generate(ours, prompts, 10, temperature=0.8, top_p=0.9, num_samples=3, seed=8)
+    assert a.tokens == b.tokens and len(a.tokens) == 6
+    assert a.tokens != c.tokens
+    rows = [prompts[i // 3] for i in range(6)]
+    with torch.no_grad():
+        lp, mask = token_logprobs(ours, rows, a.tokens, temperature=0.8)
+    for i, tokens in enumerate(a.tokens):
+        assert mask[i].sum().item() == len(tokens)
+        assert torch.allclose(lp[i, :len(tokens)], torch.tensor(a.logprobs[i]), atol=1e-4)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    from model import sample_next
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    seen = {sample_next(logits, 1.0, 0.7, g)[0].item() for _ in range(300)}
+    assert seen == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: token 2 and 3 are cut
+    seen = {sample_next(logits, 1.0, 1.0, g)[0].item() for _ in range(600)}
+    assert seen == {0, 1, 2, 3}
+
+
+def test_eos_stop_strings_and_length(pair):
+    _, ours, _ = pair
+    free = generate(ours, [[5, 6, 7]], max_new_tokens=8, eos_token_ids=[])
+    assert free.finish_reasons == ["length"] and len(free.tokens[0]) == 8
+    first = free.tokens[0][2]
+    stopped = generate(ours, [[5, 6, 7]], max_new_tokens=8, eos_token_ids=[first])
+    assert stopped.finish_reasons == ["eos"]
+    assert stopped.tokens[0] == free.tokens[0][:free.tokens[0].index(first) + 1]
+
+
+def test_lora_merge_and_reference(pair, tmp_path):
+    _, _, folder = pair
+    model = Qwen2.from_pretrained(folder)
+    base = Qwen2.from_pretrained(folder)
+    add_lora(model, rank=4, alpha=8, dropout=0.0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    ids = torch.randint(0, 320, (2, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        adapted = model(ids)
+        with lora_disabled(model):
+            assert torch.allclose(model(ids), base(ids), atol=1e-6)
+        assert (adapted - base(ids)).abs().max() > 1e-3
+    model.save_pretrained(tmp_path / "merged")
+    merged = Qwen2.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        assert (merged(ids) - adapted).abs().max().item() < 1e-4
+
+
+def test_token_logprobs_ignore_padding(pair):
+    _, ours, _ = pair
+    prompts, completions = [[3, 4, 5, 6], [9]], [[10, 11], [12, 13, 14, 15]]
+    with torch.no_grad():
+        both, mask = token_logprobs(ours, prompts, completions, temperature=0.7)
+        for i in range(2):
+            alone, _ = token_logprobs(ours, [prompts[i]], [completions[i]], temperature=0.7)
+            n = len(completions[i])
+            assert torch.allclose(both[i, :n], alone[0, :n], atol=1e-5)
+            assert not mask[i, n:].any() and (both[i, n:] == 0).all()
+
+
+def test_loading_errors_name_file_and_tensor(pair, tmp_path):
+    _, ours, _ = pair
+    from safetensors.torch import load_file, save_file
+    ours.save_pretrained(tmp_path / "good")
+    weights = load_file(tmp_path / "good" / "model.safetensors")
+
+    def variant(name, tensors):
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "good", folder)
+        save_file(tensors, folder / "model.safetensors")
+        return folder
+
+    missing = dict(weights)
+    del missing["model.norm.weight"]
+    with pytest.raises(ValueError, match="model.norm.weight"):
+        Qwen2.from_pretrained(variant("missing", missing))
+    extra = dict(weights, **{"model.layers.9.mlp.up_proj.weight": torch.zeros(2, 2)})
+    with pytest.raises(ValueError, match=r"model.safetensors: unexpected tensor model.layers.9.mlp.up_proj.weight"):
+        Qwen2.from_pretrained(variant("extra", extra))
+    wrong = dict(weights, **{"model.norm.weight": torch.zeros(63)})
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor model.norm.weight has shape \(63,\)"):
+        Qwen2.from_pretrained(variant("shape", wrong))
+    (tmp_path / "empty").mkdir()
+    shutil.copyfile(tmp_path / "good" / "config.json", tmp_path / "empty" / "config.json")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        Qwen2.from_pretrained(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        Qwen2.from_pretrained(tmp_path / "nowhere")
+
+
+def test_config_reads_official_files_and_rejects_missing_keys():
+    config = Qwen2Config.from_json(SHARED / "configs" / "qwen2.5-3b.json")
+    assert (config.hidden_size, config.num_hidden_layers, config.num_key_value_heads, config.head_dim) == (2048, 36, 2, 128)
+    assert config.tie_word_embeddings and config.rope_theta == 1e6
+    seven = Qwen2Config.from_json(SHARED / "configs" / "qwen2.5-7b.json")
+    assert not seven.tie_word_embeddings and seven.vocab_size == 152064
+    raw = json.loads((SHARED / "configs" / "qwen2.5-0.5b.json").read_text())
+    del raw["hidden_size"]
+    with pytest.raises(ValueError, match="missing required key.*hidden_size"):
+        Qwen2Config.from_dict(raw, source="cfg.json")
+
+
+LAYOUT = json.loads((SHARED / "configs" / "safetensors_layout.json").read_text())["models"]
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT))
+def test_official_layout_parameter_names_and_count(name):
+    """Our parameter names and shapes are exactly those of each official checkpoint."""
+    entry = LAYOUT[name]
+    config = Qwen2Config.from_json(SHARED / "configs" / entry["config_file"])
+    with torch.device("meta"):
+        model = Qwen2(config)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == entry["tensors"]
+    assert len(ours) == entry["num_tensors"]
+    assert model.num_parameters() == entry["num_parameters"]
+
+
+def test_tokenizer_ids_and_special_tokens(tiny_qwen_checkpoint):
+    tok = load_tokenizer(QWEN_TOKENIZER)
+    assert tok.encode("Hello world") == [9707, 1879]
+    assert tok.encode("Hello, world!") == [9707, 11, 1879, 0]
+    assert tok.decode([9707, 1879]) == "Hello world"
+    # the shared folder holds the instruct tokenizer config: EOS <|im_end|>, pad <|endoftext|>
+    assert tok.eos_token_ids == [151645] and tok.pad_token_id == 151643
+    base = load_tokenizer(tiny_qwen_checkpoint)  # base config + base generation config
+    assert base.eos_token_ids == [151643] and base.pad_token_id == 151643
