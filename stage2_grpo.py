@@ -1,0 +1,696 @@
+"""
+Stage 2 of BRIDGE: GRPO on masked completion, with a length-aware reward.
+
+Why this stage exists. After stage 1 the student can put a teacher's steps back in order; it
+has not yet been asked to *produce* reasoning of its own and been judged on the result. Here it
+sees the question and the teacher's steps in their original order with most of them masked
+(k = max(3, floor(n/2)) of n, capped at n-1), writes the complete reasoning and the answer, and
+is rewarded for being right first and brief second (PAPER.md, "Stage 2"). The reward is a
+plain function chosen by name, so a reader can swap in correctness-only, a DAPO-style overlong
+penalty or a cosine length schedule and see what changes.
+
+Why the GRPO is written out. The authors' released code samples from a prompt that already
+holds the gold rationale, has no importance ratio and no clipping, and uses the absolute
+difference of sequence-mean log-probs as its "KL". We implement the algorithm as published
+(Shao et al. 2024, DeepSeekMath), every piece in its own function:
+  1. rollout          G completions per prompt, sampled at temperature T with top-p, plus the
+                      log-probability of each sampled token under the sampling policy
+  2. rewards          reward(completion_text, example, ...) -> float, from a name -> function dict
+  3. advantages       A_i = (r_i - mean(r_group)) / (std(r_group) + eps), the same for every
+                      token of completion i; a group whose rewards are all equal has A = 0
+  4. loss per token   -min(rho * A, clip(rho, 1 - eps, 1 + eps) * A) + beta * k3, with
+                      rho = exp(log pi(t) - log pi_old(t)) and the k3 estimator of
+                      KL(pi || pi_ref): exp(ref - new) - (ref - new) - 1; all log-probs at T
+  5. aggregation      "seq-mean": mean over each completion's tokens, then over completions
+                      (the original GRPO); "token-mean": one mean over every token of the batch
+                      (Dr. GRPO / DAPO: long completions are not down-weighted per token)
+Stage 3 (stage3_rewrite.py) imports this machinery rather than repeating it: GRPOConfig and
+add_grpo_arguments for the shared options, and train_grpo(config, examples, build_prompt,
+reward_fn), which only needs a prompt builder and a reward.
+
+Run it (the tiny world, a few minutes on a laptop CPU; then the paper's setting on a GPU):
+    python stage2_grpo.py --model runs/tiny/stage1 --teacher-data runs/tiny/world/teacher.jsonl \\
+        --out runs/tiny/stage2 --words-per-step 8 --max-steps 40
+    python stage2_grpo.py --model runs/paper/stage1 --teacher-data gsm8k --rows 2000:4000 \\
+        --out runs/paper/stage2 --group-size 2 --beta 0.1 --epochs 3
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+import distributed
+from eval import build_prompt as eval_prompt, extract_answer, is_correct, should_stop, write_atomic
+from model import Qwen2, add_lora, generate, has_lora, load_tokenizer, lora_disabled, token_logprobs
+
+# -----------------------------------------------------------------------------
+# 1. Masked-completion prompts
+
+MASK = "[MASKED]"
+
+
+def num_masked(n: int) -> int:
+    """How many of n teacher steps to hide: max(3, floor(n/2)), at most n-1; none when n < 2."""
+    if n < 2:
+        return 0
+    return min(max(3, n // 2), n - 1)
+
+
+def mask_steps(steps: Sequence[str], rng: random.Random) -> tuple[list[str], list[int]]:
+    """The steps in their original order with num_masked(n) random ones replaced by MASK."""
+    hidden = sorted(rng.sample(range(len(steps)), num_masked(len(steps))))
+    shown = [MASK if i in hidden else step for i, step in enumerate(steps)]
+    return shown, hidden
+
+
+def build_masked_prompt(example, rng: random.Random) -> str:
+    """The evaluation prompt (eval.py) with the partly masked teacher steps as hints before
+    `Reasoning:`. Keeping eval's frame means what the student learns here is what it is
+    measured on; the completion itself is written from scratch (it never sees the gold text)."""
+    shown, _ = mask_steps(example.steps, rng)
+    hints = "\n".join(f"Step {i}: {step}" for i, step in enumerate(shown, 1))
+    # eval's prompt ends with the answer-format line and `Reasoning:`; the hints go before them
+    head, answer_format, reasoning = eval_prompt(example.question).rsplit("\n", 2)
+    return (f"{head}\nSome steps of a solution, in order; each {MASK} step is missing:\n{hints}\n"
+            f"Write the complete solution.\n{answer_format}\n{reasoning}")
+
+
+# -----------------------------------------------------------------------------
+# 2. Rewards: reward(completion_text, example, parts=None, **info) -> float
+#
+# `example` has .answer (the gold number as a string) and .steps (the teacher's steps).
+# `info` carries num_tokens (completion tokens, EOS included), max_new_tokens and
+# truncated (cut by the token limit); a reward takes what it needs and ignores the rest.
+# `parts`, when given, receives the reward's components for metrics.jsonl; every reward
+# writes parts["correct"], which the loop logs as accuracy.
+
+STEP_MARKER = re.compile(r"Step \d+:")
+
+
+def _correct(text: str, example) -> bool:
+    return is_correct(extract_answer(text), str(example.answer))
+
+
+def reward_paper(text: str, example, parts: dict | None = None, words_per_step: float = 35.0, **info) -> float:
+    """The authors' hierarchical reward (PAPER.md, Stage 2), lengths in words.
+
+    n = teacher steps, B = words_per_step * n, w = words in the response,
+    d = n - number of `Step k:` markers in the response.
+      wrong answer:                                   -2
+      right, but no `Step k:` or no `Answer:`:        -1
+      otherwise 1 + s + t, with
+        s = 0.3 * min(d, 3) if d >= 1 else 0
+        t = max(-0.01 * (w - B), -1)        if w > B
+            -0.002 * (w - 0.8 B)            if 0.8 B < w <= B
+            min(0.001 * (0.8 B - w), 0.2)   if w <= 0.8 B
+    The maximum is 1 + 0.9 + 0.2 = 2.1."""
+    parts = {} if parts is None else parts
+    n, w, markers = len(example.steps), len(text.split()), len(STEP_MARKER.findall(text))
+    correct = _correct(text, example)
+    well_formed = markers > 0 and "Answer:" in text
+    parts.update(correct=float(correct), format=float(well_formed), step_bonus=0.0, length=0.0, words=float(w))
+    if not correct:
+        return -2.0
+    if not well_formed:
+        return -1.0
+    d, B = n - markers, words_per_step * n
+    s = 0.3 * min(d, 3) if d >= 1 else 0.0
+    if w > B:
+        t = max(-0.01 * (w - B), -1.0)
+    elif w > 0.8 * B:
+        t = -0.002 * (w - 0.8 * B)
+    else:
+        t = min(0.001 * (0.8 * B - w), 0.2)
+    parts.update(step_bonus=s, length=t)
+    return 1.0 + s + t
+
+
+def reward_correct(text: str, example, parts: dict | None = None, **info) -> float:
+    """Correctness only: 1 if the extracted answer equals the gold number, else 0."""
+    correct = _correct(text, example)
+    if parts is not None:
+        parts.update(correct=float(correct))
+    return float(correct)
+
+
+def reward_overlong(text: str, example, parts: dict | None = None, num_tokens: int = 0,
+                    max_new_tokens: int = 256, overlong_buffer: int = 64, **info) -> float:
+    """Correctness (+1 / -1) plus DAPO's soft overlong penalty (Yu et al. 2025), in tokens.
+
+    With L = completion tokens, L_max = max_new_tokens and a buffer L_c = overlong_buffer:
+      penalty = 0                              if L <= L_max - L_c
+                (L_max - L_c - L) / L_c        if L_max - L_c < L <= L_max   (0 down to -1)
+    so answers are free to be long until they approach the limit, then pay linearly."""
+    correct = _correct(text, example)
+    threshold = max_new_tokens - overlong_buffer
+    penalty = 0.0 if num_tokens <= threshold else max((threshold - num_tokens) / max(overlong_buffer, 1), -1.0)
+    if parts is not None:
+        parts.update(correct=float(correct), overlong=penalty)
+    return (1.0 if correct else -1.0) + penalty
+
+
+def reward_cosine(text: str, example, parts: dict | None = None, num_tokens: int = 0,
+                  max_new_tokens: int = 256, truncated: bool = False, **info) -> float:
+    """Cosine length-scaled reward (Yeo et al. 2025, "Demystifying long chain-of-thought").
+
+    With x = L / L_max (L = completion tokens, L_max = max_new_tokens):
+      r = r_L + (r_0 - r_L) * (1 + cos(pi * x)) / 2
+    right: r_0 = 1, r_L = 0.5 (shorter is better); wrong: r_0 = -1, r_L = -0.5 (a wrong answer
+    is punished less when the model at least kept thinking); cut by the limit: -1."""
+    correct = _correct(text, example)
+    if truncated:
+        value = -1.0
+    else:
+        r0, rL = (1.0, 0.5) if correct else (-1.0, -0.5)
+        x = min(num_tokens / max(max_new_tokens, 1), 1.0)
+        value = rL + (r0 - rL) * 0.5 * (1.0 + math.cos(math.pi * x))
+    if parts is not None:
+        parts.update(correct=float(correct))
+    return value
+
+
+RewardFn = Callable[..., float]
+REWARDS: dict[str, RewardFn] = {
+    "paper": reward_paper,
+    "correct": reward_correct,
+    "overlong": reward_overlong,
+    "cosine": reward_cosine,
+}
+
+
+# -----------------------------------------------------------------------------
+# 3. The GRPO pieces: rollout, advantages, loss
+
+
+@dataclass
+class Rollouts:
+    """One step's completions, prompt-major: rows g*G .. g*G+G-1 belong to prompt g."""
+    prompts: list[list[int]]         # the prompt of each row (repeated G times)
+    completions: list[list[int]]     # new tokens, EOS included when produced
+    old_logprobs: list[list[float]]  # log pi_old(token) at the sampling temperature
+    finish_reasons: list[str]        # "eos" | "stop" | "length"
+    texts: list[str]
+
+    @property
+    def truncated(self) -> list[bool]:
+        return [r == "length" for r in self.finish_reasons]
+
+
+def rollout(model, tokenizer, prompts: Sequence[Sequence[int]], group_size: int, max_new_tokens: int,
+            temperature: float, top_p: float, generator: torch.Generator | None = None,
+            stop_fn: Callable[[str], bool] | None = should_stop) -> Rollouts:
+    """G completions of every prompt; the prompt is prefilled once per group (model.generate)."""
+    was_training = model.training
+    model.eval()
+    out = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p,
+                         num_samples=group_size, eos_token_ids=tokenizer.eos_token_ids,
+                         pad_token_id=tokenizer.pad_token_id, stop_fn=stop_fn,
+                         tokenizer=tokenizer if stop_fn else None, generator=generator,
+                         return_logprobs=True)
+    model.train(was_training)
+    rows = [list(p) for p in prompts for _ in range(group_size)]
+    return Rollouts(rows, out.tokens, out.logprobs, out.finish_reasons,
+                    [tokenizer.decode(t) for t in out.tokens])
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r - group mean) / (group std + eps) for rewards laid out prompt-major, and a bool per
+    group that is true when all its rewards are equal (those rows get exactly 0).
+
+    The std is the sample std (Bessel-corrected, as torch.std, TRL and the authors use); with
+    G = 2 the two advantages are then +-0.707 whatever the reward gap."""
+    groups = rewards.view(-1, group_size).double()
+    spread = groups.max(-1).values - groups.min(-1).values
+    zero_variance = spread == 0
+    std = groups.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(groups[:, :1])
+    adv = (groups - groups.mean(-1, keepdim=True)) / (std + eps)
+    adv[zero_variance] = 0.0  # exactly zero, not a rounding residue
+    return adv.view(-1).float(), zero_variance
+
+
+def k3_kl(new_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || pi_ref) (Schulman 2020): exp(d) - d - 1 with
+    d = ref - new. It is unbiased under samples from pi, never negative, and 0 where they agree."""
+    d = ref_logp - new_logp
+    return torch.exp(d) - d - 1.0
+
+
+@dataclass
+class LossStats:
+    """Sums (not means) so micro-batches and processes can be added up before dividing."""
+    kl: float = 0.0
+    clipped: float = 0.0
+    tokens: float = 0.0
+
+
+def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+              mask: torch.Tensor, ref_logp: torch.Tensor | None = None, beta: float = 0.0,
+              clip_eps: float = 0.2, loss_agg: str = "seq-mean",
+              total: float | None = None) -> tuple[torch.Tensor, LossStats]:
+    """The PPO-clipped GRPO objective, as a loss to minimise.
+
+    new_logp, old_logp, ref_logp, mask: [B, C] (mask true on completion tokens, EOS included,
+    padding excluded); advantages: [B]. `total` is the normaliser for the whole optimisation
+    batch when this call sees only a micro-batch of it: the number of (non-empty) completions
+    for "seq-mean", the number of tokens for "token-mean"; by default this batch's own."""
+    mask = mask.bool()
+    ratio = torch.exp(new_logp - old_logp)
+    adv = advantages[:, None].to(new_logp.dtype)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    per_token = -surrogate
+    kl = None
+    if ref_logp is not None:
+        kl = k3_kl(new_logp, ref_logp)
+        if beta:
+            per_token = per_token + beta * kl
+    # where, not multiply: a padded position must not leak even if it holds inf or nan
+    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
+    lengths = mask.sum(-1)
+    if loss_agg == "seq-mean":
+        denominator = total if total is not None else max(int((lengths > 0).sum()), 1)
+        loss = (per_token.sum(-1) / lengths.clamp(min=1)).sum() / denominator
+    elif loss_agg == "token-mean":
+        denominator = total if total is not None else max(int(lengths.sum()), 1)
+        loss = per_token.sum() / denominator
+    else:
+        raise ValueError(f"loss_agg {loss_agg!r}: expected 'seq-mean' or 'token-mean'")
+    with torch.no_grad():
+        clipped = ((adv > 0) & (ratio > 1 + clip_eps)) | ((adv < 0) & (ratio < 1 - clip_eps))
+        stats = LossStats(kl=float(torch.where(mask, kl, 0).sum()) if kl is not None else 0.0,
+                          clipped=float((clipped & mask).sum()), tokens=float(mask.sum()))
+    return loss, stats
+
+
+# -----------------------------------------------------------------------------
+# 4. Options shared with stage 3
+
+
+@dataclass
+class GRPOConfig:
+    model: str
+    out: str
+    ref_model: str | None = None          # default: the same checkpoint as --model
+    group_size: int = 4
+    prompts_per_step: int = 8
+    max_steps: int | None = None
+    epochs: float = 3.0
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    beta: float = 0.04
+    clip_eps: float = 0.2
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    loss_agg: str = "seq-mean"
+    ppo_epochs: int = 1
+    micro_batch_size: int = 8
+    truncated: str = "keep"               # "keep" | "exclude" completions cut by the token limit
+    keep_zero_variance: bool = False
+    old_logprobs: str = "sampler"         # "sampler" | "recompute"
+    stop: str = "answer"                  # "answer": eval's stop rule; "eos": EOS only
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    gradient_checkpointing: bool = False
+    dtype: str | None = None
+    device: str | None = None
+    seed: int = 42
+    save_every: int = 50
+    save_total_limit: int = 2
+    resume: bool = False
+    quiet: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "GRPOConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def add_grpo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The GRPO options, shared by stage 2 and stage 3 (which may change defaults with
+    parser.set_defaults, e.g. max_new_tokens=512)."""
+    d = GRPOConfig(model="", out="")
+    g = parser.add_argument_group("model and output")
+    g.add_argument("--model", required=True, help="policy checkpoint to start from (folder or hub id)")
+    g.add_argument("--ref-model", default=None, help="frozen KL reference (default: the same as --model; "
+                   "with --lora-rank the reference is --model with adapters off, no second copy)")
+    g.add_argument("--out", required=True, help="output folder: final checkpoint, metrics.jsonl, checkpoint-STEP/")
+    g.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: float32; on CUDA, bf16 autocast is used for the forward passes)")
+    g.add_argument("--device", default=d.device, help="default: cuda if available, else cpu")
+    g.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0: full fine-tuning; else LoRA on q/k/v/o")
+    g.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
+    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g = parser.add_argument_group("GRPO")
+    g.add_argument("--group-size", type=int, default=d.group_size, help="G completions per prompt (authors: 2)")
+    g.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="prompts per GRPO step (all processes)")
+    g.add_argument("--max-steps", type=int, default=d.max_steps, help="GRPO steps (default: from --epochs)")
+    g.add_argument("--epochs", type=float, default=d.epochs, help="passes over the prompts when --max-steps is not set")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up, then constant")
+    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    g.add_argument("--beta", type=float, default=d.beta, help="k3 KL weight (authors: 0.1); 0 loads no reference")
+    g.add_argument("--clip-eps", type=float, default=d.clip_eps)
+    g.add_argument("--temperature", type=float, default=d.temperature)
+    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    g.add_argument("--loss-agg", default=d.loss_agg, choices=["seq-mean", "token-mean"])
+    g.add_argument("--ppo-epochs", type=int, default=d.ppo_epochs, help="optimiser steps on each batch of rollouts")
+    g.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size, help="completions per forward/backward")
+    g.add_argument("--truncated", default=d.truncated, choices=["keep", "exclude"],
+                   help="completions cut by --max-new-tokens: train on them, or score them but leave them out of the loss")
+    g.add_argument("--keep-zero-variance", action="store_true",
+                   help="also train on groups whose rewards are all equal (no policy gradient, only the KL pull)")
+    g.add_argument("--old-logprobs", default=d.old_logprobs, choices=["sampler", "recompute"],
+                   help="pi_old: the sampler's own log-probs, or a fresh no-grad forward pass")
+    g.add_argument("--stop", default=d.stop, choices=["answer", "eos"],
+                   help="end a completion at eval's stop rule (after the answer line) or only at EOS")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: only at the end)")
+    g.add_argument("--save-total-limit", type=int, default=d.save_total_limit, help="intermediate checkpoints kept")
+    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoint-STEP")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+# -----------------------------------------------------------------------------
+# 5. The training loop
+
+
+def step_examples(n_examples: int, prompts_per_step: int, step: int, seed: int) -> list[tuple[int, int]]:
+    """(epoch, example index) of the prompts of one step: a fresh shuffle every epoch, so the
+    data order is a function of the step number and --resume needs no saved iterator."""
+    picks = []
+    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+        epoch, offset = divmod(position, n_examples)
+        order = list(range(n_examples))
+        random.Random(f"{seed}:order:{epoch}").shuffle(order)
+        picks.append((epoch, order[offset]))
+    return picks
+
+
+def find_checkpoint(out: Path) -> Path | None:
+    """The newest OUT/checkpoint-STEP whose trainer_state.pt (written last) exists."""
+    done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.pt").is_file()
+            and p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def save_final(model, out: Path):
+    """model.save_pretrained replaces its whole folder, which would delete metrics.jsonl and
+    the checkpoints beside it; save to a sibling and move the model files in, config.json last
+    (a folder with a config.json is complete)."""
+    staging = out.with_name(f".{out.name}.final")
+    model.save_pretrained(staging)
+    names = sorted(p.name for p in staging.iterdir())
+    for name in [n for n in names if n != "config.json"] + ["config.json"]:
+        (staging / name).replace(out / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _batch_logprobs(model, prompts, completions, temperature, pad_id, micro, device):
+    """No-grad log-probs of many completions, micro-batch by micro-batch."""
+    out = []
+    with torch.no_grad(), _autocast(device):
+        for lo in range(0, len(prompts), micro):
+            lp, _ = token_logprobs(model, prompts[lo:lo + micro], completions[lo:lo + micro], temperature, pad_id)
+            out.extend(row[:len(c)].tolist() for row, c in zip(lp, completions[lo:lo + micro]))
+    return out
+
+
+def _pad(rows: list[list[float]], width: int, device) -> torch.Tensor:
+    t = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        t[i, :len(r)] = torch.tensor(r, dtype=torch.float32)
+    return t.to(device)
+
+
+def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
+               build_prompt: Callable[[Any, random.Random], str], reward_fn: RewardFn,
+               desc: str = "grpo") -> dict:
+    """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
+    reward_fn(text, example, parts=..., **info) scores each completion. Writes the final
+    checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary."""
+    from tqdm import tqdm
+
+    cfg = config if isinstance(config, GRPOConfig) else GRPOConfig.from_args(config)
+    if not examples:
+        raise ValueError("train_grpo: no examples")
+    if cfg.group_size < 2:
+        raise ValueError(f"--group-size {cfg.group_size}: GRPO needs at least 2 completions per prompt")
+    dist = distributed.setup(cfg.device)
+    if cfg.prompts_per_step < dist.world_size:
+        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is smaller than the {dist.world_size} processes")
+    device, out = dist.device, Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # 1. the policy (from the newest checkpoint when resuming), its reference and the optimiser
+    resume_from = find_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None and dist.is_main:
+        print(f"--resume: no checkpoint in {out}, starting from step 0")
+    state = torch.load(resume_from / "trainer_state.pt", map_location="cpu", weights_only=False) if resume_from else None
+    # With LoRA the checkpoint holds merged weights; we rebuild base + adapters instead, so the
+    # reference (adapters off) is still the original model.
+    weights = resume_from if resume_from is not None and not cfg.lora_rank else cfg.model
+    model = Qwen2.from_pretrained(weights, dtype=cfg.dtype or "float32", device=device)
+    tokenizer = load_tokenizer(model.source_dir)
+    ref = None
+    if cfg.lora_rank:
+        add_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        if state is not None:
+            model.load_state_dict(state["lora"], strict=False)
+        if cfg.ref_model and cfg.ref_model != cfg.model and cfg.beta:
+            raise ValueError("--ref-model with --lora-rank: the reference is --model with adapters off")
+    elif cfg.beta:
+        ref = Qwen2.from_pretrained(cfg.ref_model or cfg.model, dtype=cfg.dtype or "float32", device=device)
+        ref.requires_grad_(False)
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = state["step"]
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+    steps_per_epoch = math.ceil(len(examples) / cfg.prompts_per_step)
+    max_steps = cfg.max_steps if cfg.max_steps is not None else max(1, round(cfg.epochs * steps_per_epoch))
+    stop_fn = should_stop if cfg.stop == "answer" else None
+
+    # metrics.jsonl keeps the steps before the resume point, so a resumed run reads as one run
+    metrics_path = out / "metrics.jsonl"
+    if dist.is_main:
+        kept = []
+        if start_step and metrics_path.is_file():
+            kept = [l for l in metrics_path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= start_step]
+        write_atomic(metrics_path, "".join(l + "\n" for l in kept))
+    history: list[dict] = []
+    bar = tqdm(range(start_step, max_steps), initial=start_step, total=max_steps, desc=desc,
+               disable=cfg.quiet or not dist.is_main, dynamic_ncols=True)
+    for step in bar:
+        # 2. this step's prompts; each process takes its share of them (whole groups)
+        picks = dist.shard(step_examples(len(examples), cfg.prompts_per_step, step, cfg.seed))
+        chosen = [examples[i] for _, i in picks]
+        texts = [build_prompt(examples[i], random.Random(f"{cfg.seed}:prompt:{epoch}:{i}")) for epoch, i in picks]
+        prompt_ids = tokenizer.encode_batch(texts)
+
+        # 3. rollout: G completions per prompt with their sampling log-probs
+        t0 = time.time()
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
+        with _autocast(device):
+            ro = rollout(model, tokenizer, prompt_ids, cfg.group_size, cfg.max_new_tokens,
+                         cfg.temperature, cfg.top_p, generator, stop_fn)
+        rollout_seconds = time.time() - t0
+
+        # 4. rewards and group-normalised advantages
+        parts = [{} for _ in ro.texts]
+        rewards = torch.tensor([
+            reward_fn(text, chosen[row // cfg.group_size], parts=parts[row], num_tokens=len(tokens),
+                      max_new_tokens=cfg.max_new_tokens, truncated=trunc)
+            for row, (text, tokens, trunc) in enumerate(zip(ro.texts, ro.completions, ro.truncated))],
+            dtype=torch.float32)
+        advantages, zero_var = group_advantages(rewards, cfg.group_size)
+        rows = [r for r in range(len(ro.texts))
+                if (cfg.keep_zero_variance or not zero_var[r // cfg.group_size])
+                and not (cfg.truncated == "exclude" and ro.truncated[r])]
+
+        # 5. pi_old and pi_ref log-probs of the rows that train (no gradients)
+        t0 = time.time()
+        sel_prompts = [ro.prompts[r] for r in rows]
+        sel_comps = [ro.completions[r] for r in rows]
+        if cfg.old_logprobs == "recompute":
+            old = _batch_logprobs(model, sel_prompts, sel_comps, cfg.temperature, tokenizer.pad_token_id,
+                                  cfg.micro_batch_size, device)
+        else:
+            old = [ro.old_logprobs[r] for r in rows]
+        ref_lp = None
+        if cfg.beta and rows:
+            if ref is not None:
+                ref_lp = _batch_logprobs(ref, sel_prompts, sel_comps, cfg.temperature, tokenizer.pad_token_id,
+                                         cfg.micro_batch_size, device)
+            else:
+                with lora_disabled(model):
+                    ref_lp = _batch_logprobs(model, sel_prompts, sel_comps, cfg.temperature,
+                                             tokenizer.pad_token_id, cfg.micro_batch_size, device)
+
+        # 6. optimise: --ppo-epochs passes over the batch, each one optimiser step, gradients
+        #    accumulated over micro-batches and normalised by the whole (all-process) batch
+        n_rows, n_tokens = dist.sum([len(rows), sum(len(c) for c in sel_comps)])
+        total = (n_rows if cfg.loss_agg == "seq-mean" else n_tokens) / dist.world_size
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        stats, loss_sum, grad_norm, gap = LossStats(), 0.0, 0.0, 0.0
+        for epoch in range(cfg.ppo_epochs if n_rows else 0):
+            optimizer.zero_grad(set_to_none=False)
+            for lo in range(0, len(rows), cfg.micro_batch_size):
+                hi = min(lo + cfg.micro_batch_size, len(rows))
+                with _autocast(device):
+                    new_lp, mask = token_logprobs(model, sel_prompts[lo:hi], sel_comps[lo:hi],
+                                                  cfg.temperature, tokenizer.pad_token_id)
+                width = new_lp.shape[1]
+                old_t = _pad(old[lo:hi], width, device)
+                ref_t = _pad(ref_lp[lo:hi], width, device) if ref_lp is not None else None
+                adv = advantages[[rows[i] for i in range(lo, hi)]].to(device)
+                loss, s = grpo_loss(new_lp, old_t, adv, mask, ref_t, cfg.beta, cfg.clip_eps, cfg.loss_agg, total)
+                loss.backward()
+                loss_sum += float(loss.detach())
+                stats.clipped += s.clipped
+                if epoch == 0:
+                    stats.kl += s.kl
+                    stats.tokens += s.tokens
+                    gap = max(gap, float(torch.where(mask, (new_lp.detach() - old_t).abs(), 0).max()))
+            for p in params:  # every process must join the all-reduce, even with no rows here
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            dist.average_gradients(model)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            optimizer.step()
+        train_seconds = time.time() - t0
+
+        # 7. metrics: summed over processes, then one line of metrics.jsonl and the bar
+        part_names = sorted({k for p in parts for k in p})
+        local = [float(rewards.sum()), float((rewards ** 2).sum()), len(rewards),
+                 sum(len(c) for c in ro.completions), sum(ro.truncated), float(zero_var.sum()), len(zero_var),
+                 stats.kl, stats.tokens, stats.clipped, loss_sum]
+        local += [sum(p.get(k, 0.0) for p in parts) for k in part_names]
+        g = dist.sum(local)
+        n = max(g[2], 1)
+        record = {
+            "step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3),
+            "reward": g[0] / n, "reward_std": math.sqrt(max(g[1] / n - (g[0] / n) ** 2, 0.0)),
+            **{f"reward_{k}": v / n for k, v in zip(part_names, g[11:])},
+            "accuracy": g[11 + part_names.index("correct")] / n if "correct" in part_names else None,
+            "completion_tokens": g[3] / n, "truncated": g[4] / n, "zero_variance_groups": g[5] / max(g[6], 1),
+            "trained_completions": int(n_rows), "kl": g[7] / max(g[8], 1),
+            "clip_fraction": g[9] / max(g[8] * cfg.ppo_epochs, 1), "loss": g[10] / max(cfg.ppo_epochs, 1),
+            "grad_norm": grad_norm, "logprob_gap": gap, "lr": lr,
+            "rollout_seconds": round(rollout_seconds, 3), "train_seconds": round(train_seconds, 3),
+        }
+        history.append(record)
+        if dist.is_main:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_tokens']:.0f}",
+                            acc=f"{record['accuracy'] or 0:.2f}")
+
+        # 8. checkpoint: weights (LoRA merged) + optimiser and RNG state, trainer_state.pt last
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < max_steps and dist.is_main:
+            folder = out / f"checkpoint-{step + 1}"
+            model.save_pretrained(folder)
+            trainer_state = {"step": step + 1, "optimizer": optimizer.state_dict(),
+                             "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
+                             "config": dataclasses.asdict(cfg)}
+            if has_lora(model):
+                trainer_state["lora"] = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+            torch.save(trainer_state, folder / "trainer_state.pt.tmp")
+            (folder / "trainer_state.pt.tmp").replace(folder / "trainer_state.pt")
+            old_ones = sorted((p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                              key=lambda p: int(p.name.split("-")[-1]))
+            for stale in old_ones[:-cfg.save_total_limit] if cfg.save_total_limit > 0 else []:
+                shutil.rmtree(stale, ignore_errors=True)
+        dist.barrier()
+    bar.close()
+
+    # 9. the final checkpoint, beside metrics.jsonl
+    if dist.is_main:
+        save_final(model, out)
+    dist.barrier()
+    summary = {"steps": max_steps, "out": str(out)}
+    if history:
+        first, last = history[0], history[-1]
+        summary.update(first_reward=first["reward"], last_reward=last["reward"],
+                       first_tokens=first["completion_tokens"], last_tokens=last["completion_tokens"])
+    dist.close()
+    return summary
+
+
+# -----------------------------------------------------------------------------
+# 6. Command line
+
+
+def parse_rows(text: str | None) -> slice | None:
+    """`START:END` (Python slice syntax, either side optional) -> slice."""
+    if not text:
+        return None
+    try:
+        start, end = text.split(":")
+        return slice(int(start) if start else None, int(end) if end else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rows {text!r}: expected START:END, e.g. 2000:4000") from None
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="BRIDGE stage 2: GRPO on masked completion.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_grpo_arguments(parser)
+    g = parser.add_argument_group("stage 2 data and reward")
+    g.add_argument("--teacher-data", default="gsm8k",
+                   help="gsm8k, a teacher JSONL, the authors' stage-1/2 JSONL or stage-3 JSON (see teacher.py)")
+    g.add_argument("--rows", type=parse_rows, default=None, help="START:END slice of the teacher records (authors: 2000:4000)")
+    g.add_argument("--reward", default="paper", choices=sorted(REWARDS))
+    g.add_argument("--words-per-step", type=float, default=35.0, help="paper reward: B = this * teacher steps")
+    g.add_argument("--overlong-buffer", type=int, default=64, help="overlong reward: tokens before the limit where the penalty starts")
+    args = parser.parse_args(argv)
+
+    from teacher import load_teacher_data
+    examples = load_teacher_data(args.teacher_data, rows=args.rows)
+    options = {"paper": {"words_per_step": args.words_per_step}, "overlong": {"overlong_buffer": args.overlong_buffer}}
+
+    def reward_fn(text, example, **info):
+        return REWARDS[args.reward](text, example, **options.get(args.reward, {}), **info)
+
+    summary = train_grpo(GRPOConfig.from_args(args), examples, build_masked_prompt, reward_fn, desc="stage2")
+    if "last_reward" in summary:
+        print(f"stage 2: {summary['steps']} steps, mean reward {summary['first_reward']:.3f} -> "
+              f"{summary['last_reward']:.3f}, completion tokens {summary['first_tokens']:.1f} -> "
+              f"{summary['last_tokens']:.1f} -> {summary['out']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
