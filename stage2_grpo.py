@@ -266,6 +266,12 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     batch when this call sees only a micro-batch of it: the number of (non-empty) completions
     for "seq-mean", the number of tokens for "token-mean"; by default this batch's own."""
     mask = mask.bool()
+    # padded positions are zeroed before any arithmetic, so whatever they held (even inf or nan)
+    # reaches neither the loss nor, through a 0 * nan, the gradient
+    zero = torch.zeros((), dtype=new_logp.dtype, device=new_logp.device)
+    new_logp, old_logp = torch.where(mask, new_logp, zero), torch.where(mask, old_logp, zero)
+    if ref_logp is not None:
+        ref_logp = torch.where(mask, ref_logp, zero)
     ratio = torch.exp(new_logp - old_logp)
     adv = advantages[:, None].to(new_logp.dtype)
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
@@ -275,8 +281,7 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
         kl = k3_kl(new_logp, ref_logp)
         if beta:
             per_token = per_token + beta * kl
-    # where, not multiply: a padded position must not leak even if it holds inf or nan
-    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
+    per_token = torch.where(mask, per_token, zero)
     lengths = mask.sum(-1)
     if loss_agg == "seq-mean":
         denominator = total if total is not None else max(int((lengths > 0).sum()), 1)
@@ -288,7 +293,7 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
         raise ValueError(f"loss_agg {loss_agg!r}: expected 'seq-mean' or 'token-mean'")
     with torch.no_grad():
         clipped = ((adv > 0) & (ratio > 1 + clip_eps)) | ((adv < 0) & (ratio < 1 - clip_eps))
-        stats = LossStats(kl=float(torch.where(mask, kl, 0).sum()) if kl is not None else 0.0,
+        stats = LossStats(kl=float(torch.where(mask, kl, zero).sum()) if kl is not None else 0.0,
                           clipped=float((clipped & mask).sum()), tokens=float(mask.sum()))
     return loss, stats
 
@@ -449,10 +454,15 @@ def _pad(rows: list[list[float]], width: int, device) -> torch.Tensor:
 
 def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                build_prompt: Callable[[Any, random.Random], str], reward_fn: RewardFn,
-               desc: str = "grpo") -> dict:
+               desc: str = "grpo", train_prompt: Callable[[Any, random.Random], str] | None = None) -> dict:
     """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
     reward_fn(text, example, parts=..., **info) scores each completion. Writes the final
-    checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary."""
+    checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary
+    (the policy model itself under "model").
+
+    train_prompt, when given, is the prompt the loss conditions each completion on instead of
+    the one it was sampled from (stage 3 samples rewrites from a rewriting prompt and can train
+    them under the plain evaluation prompt); pi_old is then recomputed under it."""
     from tqdm import tqdm
 
     cfg = config if isinstance(config, GRPOConfig) else GRPOConfig.from_args(config)
@@ -460,6 +470,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         raise ValueError("train_grpo: no examples")
     if cfg.group_size < 2:
         raise ValueError(f"--group-size {cfg.group_size}: GRPO needs at least 2 completions per prompt")
+    owns_process_group = not torch.distributed.is_initialized()
     dist = distributed.setup(cfg.device)
     if cfg.prompts_per_step < dist.world_size:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is smaller than the {dist.world_size} processes")
@@ -525,6 +536,11 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                          cfg.temperature, cfg.top_p, generator, stop_fn)
         rollout_seconds = time.time() - t0
 
+        if train_prompt is not None:
+            trained_on = tokenizer.encode_batch([train_prompt(examples[i], random.Random(f"{cfg.seed}:prompt:{epoch}:{i}"))
+                                                 for epoch, i in picks])
+            ro.prompts = [trained_on[row // cfg.group_size] for row in range(len(ro.completions))]
+
         # 4. rewards and group-normalised advantages
         parts = [{} for _ in ro.texts]
         rewards = torch.tensor([
@@ -541,7 +557,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         t0 = time.time()
         sel_prompts = [ro.prompts[r] for r in rows]
         sel_comps = [ro.completions[r] for r in rows]
-        if cfg.old_logprobs == "recompute":
+        if cfg.old_logprobs == "recompute" or train_prompt is not None:
             old = _batch_logprobs(model, sel_prompts, sel_comps, cfg.temperature, tokenizer.pad_token_id,
                                   cfg.micro_batch_size, device)
         else:
@@ -645,7 +661,9 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         first, last = history[0], history[-1]
         summary.update(first_reward=first["reward"], last_reward=last["reward"],
                        first_tokens=first["completion_tokens"], last_tokens=last["completion_tokens"])
-    dist.close()
+    if owns_process_group:
+        dist.close()
+    summary["model"] = model
     return summary
 
 

@@ -1,0 +1,265 @@
+"""Stage 2 (stage2_grpo.py): masked prompts, rewards at their boundaries, the GRPO pieces on
+hand-built tensors, and short runs on the tiny world (reward rises, --resume continues)."""
+import json
+import math
+import random
+
+import pytest
+import torch
+
+import stage2_grpo as s2
+from conftest import BRIDGE_STAGE3
+from teacher import TeacherExample, load_teacher_data
+
+
+def example(n_steps=4, answer="18"):
+    steps = [f"fact number {i} about eggs" for i in range(1, n_steps + 1)]
+    return TeacherExample(question="How many eggs?", answer=answer, rationale="", steps=steps)
+
+
+def response(words: int, markers: int, answer="18", answer_line=True) -> str:
+    """A response with exactly `words` whitespace-separated words and `markers` `Step k:` labels."""
+    tail = [f"Answer: {answer}"] if answer_line else [answer]
+    head = [f"Step {k}:" for k in range(1, markers + 1)]
+    head = [w for marker in head for w in marker.split()]  # "Step", "1:" count as two words
+    filler = words - len(head) - len(" ".join(tail).split())
+    assert filler >= 0
+    text = " ".join(head + ["egg"] * filler + tail)
+    assert len(text.split()) == words
+    return text
+
+
+# -----------------------------------------------------------------------------
+# Prompts
+
+
+@pytest.mark.parametrize("n,k", [(0, 0), (1, 0), (2, 1), (3, 2), (4, 3), (5, 3), (7, 3), (8, 4), (11, 5)])
+def test_num_masked(n, k):
+    assert s2.num_masked(n) == k
+
+
+def test_masked_prompts_hide_the_masked_steps_of_real_rationales():
+    examples = load_teacher_data(str(BRIDGE_STAGE3), quiet=True)
+    assert len(examples) > 500
+    for index, ex in enumerate(examples):
+        prompt = s2.build_masked_prompt(ex, random.Random(f"7:{index}"))
+        assert prompt == s2.build_masked_prompt(ex, random.Random(f"7:{index}"))  # seeded
+        shown, hidden = s2.mask_steps(ex.steps, random.Random(f"7:{index}"))
+        assert len(hidden) == s2.num_masked(len(ex.steps))
+        # one hint line per teacher step, in the original order: the step itself or the mask
+        hints = [line for line in prompt.splitlines() if line.startswith("Step ")]
+        assert len(hints) == len(ex.steps)
+        for k, (line, step) in enumerate(zip(hints, ex.steps)):
+            assert line == f"Step {k + 1}: {s2.MASK if k in hidden else step}"
+        for i in hidden:
+            step = ex.steps[i]
+            # a masked step may only be "seen" if its text is also part of something shown
+            visible = step in ex.question or any(step in s for j, s in enumerate(ex.steps) if j not in hidden)
+            assert visible or step not in prompt, (index, step)
+        assert ex.rationale not in prompt
+        assert prompt.startswith("Solve this math problem") and prompt.endswith("Reasoning:")
+
+
+# -----------------------------------------------------------------------------
+# Rewards
+
+
+def paper(text, ex=None, wps=10.0):
+    parts = {}
+    return s2.reward_paper(text, ex or example(4), parts=parts, words_per_step=wps), parts
+
+
+def test_paper_reward_hierarchy():
+    ex = example(4)  # B = 40 words, 0.8 B = 32
+    assert paper(response(20, 2, answer="17"), ex)[0] == -2.0          # wrong
+    assert paper(response(20, 2, answer_line=False), ex)[0] == -1.0    # right, no Answer:
+    assert paper(response(20, 0), ex)[0] == -1.0                       # right, no Step k:
+    value, parts = paper(response(20, 2), ex)
+    assert parts["correct"] == 1.0 and parts["format"] == 1.0
+    assert value == pytest.approx(1 + 0.6 + 0.012)                     # d = 2, 12 words under 0.8 B
+
+
+def test_paper_reward_length_boundaries():
+    ex = example(4)
+    B = 40
+    at = lambda w: paper(response(w, 4), ex)[0]  # 4 markers: d = 0, no step bonus
+    assert at(B) == pytest.approx(1 - 0.002 * (B - 32))                # exactly B
+    assert at(32) == pytest.approx(1.0)                                # exactly 0.8 B: t = 0
+    assert at(33) == pytest.approx(1 - 0.002)                          # just above 0.8 B
+    assert at(B + 1) == pytest.approx(1 - 0.01)                        # just above B
+    assert at(B + 100) == pytest.approx(0.0)                           # penalty capped at -1
+    assert at(31) == pytest.approx(1.001)
+    assert at(10) == pytest.approx(1.022)
+
+
+def test_paper_reward_step_bonus_and_maximum():
+    ex = example(8)  # B = 80
+    bonus = lambda markers: paper(response(64, markers), ex)[1]["step_bonus"]
+    assert [bonus(m) for m in (8, 9, 7, 6, 5, 4, 1)] == pytest.approx([0, 0, 0.3, 0.6, 0.9, 0.9, 0.9])
+    # the top: 3+ steps fewer than the teacher and far under 0.8 B
+    assert paper(response(12, 1), example(8, answer="18"), wps=35)[0] == pytest.approx(2.1)
+
+
+def test_paper_reward_uses_words_per_step():
+    ex = example(4)
+    text = response(30, 4)
+    assert paper(text, ex, wps=10)[0] == pytest.approx(1.002)           # 0.8 B = 32: just under
+    assert paper(text, ex, wps=5)[0] == pytest.approx(1 - 0.01 * 10)    # B = 20: 10 words over
+
+
+def test_correct_only_reward():
+    ex = example(3)
+    assert s2.reward_correct("Step 1: 9 + 9\nFinal Answer: 18", ex) == 1.0
+    assert s2.reward_correct("Final Answer: 18.0", ex) == 1.0            # numbers compared as numbers
+    assert s2.reward_correct("Final Answer: 19", ex) == 0.0
+    assert s2.reward_correct("no number at all", ex) == 0.0
+
+
+def test_overlong_reward_boundaries():
+    ex = example(3)
+    r = lambda text, n: s2.reward_overlong(text, ex, num_tokens=n, max_new_tokens=100, overlong_buffer=20)
+    assert r("Answer: 18", 80) == 1.0                                   # at L_max - L_c: free
+    assert r("Answer: 18", 90) == pytest.approx(0.5)                    # half way into the buffer
+    assert r("Answer: 18", 100) == pytest.approx(0.0)                   # at the limit: -1
+    assert r("Answer: 17", 10) == -1.0
+    assert r("Answer: 17", 100) == pytest.approx(-2.0)
+
+
+def test_cosine_reward_boundaries():
+    ex = example(3)
+    r = lambda text, n, truncated=False: s2.reward_cosine(text, ex, num_tokens=n, max_new_tokens=100, truncated=truncated)
+    assert r("Answer: 18", 0) == pytest.approx(1.0)
+    assert r("Answer: 18", 50) == pytest.approx(0.75)
+    assert r("Answer: 18", 100) == pytest.approx(0.5)
+    assert r("Answer: 18", 20) > r("Answer: 18", 40)                     # right: shorter is better
+    assert r("Answer: 17", 0) == pytest.approx(-1.0)
+    assert r("Answer: 17", 100) == pytest.approx(-0.5)
+    assert r("Answer: 18", 100, truncated=True) == -1.0
+
+
+def test_every_registered_reward_reports_correctness():
+    for name, fn in s2.REWARDS.items():
+        parts = {}
+        value = fn("Step 1: 9 + 9 = 18\nAnswer: 18", example(3), parts=parts, num_tokens=12, max_new_tokens=64)
+        assert isinstance(value, float) and parts["correct"] == 1.0, name
+
+
+# -----------------------------------------------------------------------------
+# GRPO on hand-built tensors
+
+
+def test_group_advantages():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0,   -2.0, -2.0, -2.0, -2.0,   0.0, 0.0, 0.0, 4.0])
+    adv, zero = s2.group_advantages(rewards, 4)
+    assert zero.tolist() == [False, True, False]
+    groups = adv.view(3, 4)
+    assert groups[1].abs().max() == 0.0
+    for g in (0, 2):
+        assert groups[g].mean().abs() < 1e-6
+        assert groups[g].std() == pytest.approx(1.0, abs=1e-3)       # (r - mean) / (std + eps)
+    assert groups[0].argsort().tolist() == [0, 1, 2, 3]
+    two, _ = s2.group_advantages(torch.tensor([0.0, 1.0, 5.0, -5.0]), 2)
+    assert two.tolist() == pytest.approx([-0.7071, 0.7071, 0.7071, -0.7071], abs=1e-3)
+
+
+@pytest.mark.parametrize("adv,ratio,expected_loss,grad_sign", [
+    (+1.0, 1.10, -1.10, -1),   # inside the clip range: the ratio itself, gradient raises logp
+    (+1.0, 1.50, -1.20, 0),    # A > 0 above 1 + eps: clipped, no gradient
+    (+1.0, 0.50, -0.50, -1),   # A > 0 below 1 - eps: the unclipped term is the min, still pushed up
+    (-1.0, 0.50, +0.80, 0),    # A < 0 below 1 - eps: clipped, no gradient
+    (-1.0, 1.50, +1.50, +1),   # A < 0 above 1 + eps: unclipped, gradient lowers logp
+    (-1.0, 0.90, +0.90, +1),   # inside the range, negative advantage
+])
+def test_clipped_surrogate_value_and_gradient(adv, ratio, expected_loss, grad_sign):
+    old = torch.tensor([[-1.0]])
+    new = (old + math.log(ratio)).clone().requires_grad_(True)
+    loss, stats = s2.grpo_loss(new, old, torch.tensor([adv]), torch.ones(1, 1, dtype=torch.bool), clip_eps=0.2)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(expected_loss, abs=1e-5)
+    grad = float(new.grad)
+    if grad_sign == 0:
+        assert grad == 0.0 and stats.clipped == 1
+    else:
+        assert math.copysign(1, grad) == grad_sign and grad == pytest.approx(-adv * ratio, abs=1e-5)
+        assert stats.clipped == 0
+
+
+def test_k3_kl_is_zero_for_equal_policies_and_positive_otherwise():
+    g = torch.Generator().manual_seed(0)
+    logp = torch.log_softmax(torch.randn(5, 7, 11, generator=g), -1)
+    assert s2.k3_kl(logp, logp).abs().max() == 0.0
+    other = torch.log_softmax(torch.randn(5, 7, 11, generator=g), -1)
+    assert (s2.k3_kl(logp, other) > 0).all()
+    # and its expectation under pi is KL(pi || pi_ref)
+    p = logp[0, 0].exp()
+    assert float((p * s2.k3_kl(logp[0, 0], other[0, 0])).sum()) == pytest.approx(
+        float((p * (logp[0, 0] - other[0, 0])).sum()), rel=1e-5)
+
+
+def random_batch(seed=0, B=4, C=6):
+    g = torch.Generator().manual_seed(seed)
+    new = (torch.randn(B, C, generator=g) * 0.1 - 1).requires_grad_(True)
+    old = new.detach() + torch.randn(B, C, generator=g) * 0.1
+    ref = new.detach() + torch.randn(B, C, generator=g) * 0.3
+    lengths = torch.tensor([6, 3, 1, 4])[:B]
+    mask = torch.arange(C)[None, :] < lengths[:, None]
+    adv = torch.randn(B, generator=g)
+    return new, old, ref, mask, adv
+
+
+@pytest.mark.parametrize("agg", ["seq-mean", "token-mean"])
+def test_padding_never_changes_the_loss(agg):
+    new, old, ref, mask, adv = random_batch()
+    loss, _ = s2.grpo_loss(new, old, adv, mask, ref, beta=0.1, loss_agg=agg)
+    loss.backward()
+    grad = new.grad.clone()
+    # three more padded columns holding garbage (inf and nan included), and garbage under the mask
+    junk = torch.tensor([float("inf"), float("nan"), 123.0])
+    new2 = torch.cat([new.detach(), junk.expand(4, 3)], 1)
+    new2[~torch.cat([mask, torch.zeros(4, 3, dtype=torch.bool)], 1)] = 55.0
+    new2.requires_grad_(True)
+    pad = lambda t: torch.cat([t, junk.expand(4, 3)], 1)
+    mask2 = torch.cat([mask, torch.zeros(4, 3, dtype=torch.bool)], 1)
+    loss2, _ = s2.grpo_loss(new2, pad(old), adv, mask2, pad(ref), beta=0.1, loss_agg=agg)
+    loss2.backward()
+    assert loss2.item() == pytest.approx(loss.item(), abs=1e-6)
+    assert torch.allclose(new2.grad[:, :6][mask], grad[mask], atol=1e-7)
+    assert new2.grad[~mask2].abs().max() == 0
+
+
+def test_aggregations_and_micro_batches():
+    new, old, ref, mask, adv = random_batch(seed=1)
+    per_token = -(torch.exp(new - old) * adv[:, None]).detach()  # ratios near 1: nothing clips
+    seq = sum(per_token[i][mask[i]].mean() for i in range(4)) / 4
+    tok = per_token[mask].sum() / mask.sum()
+    assert float(s2.grpo_loss(new, old, adv, mask, clip_eps=10)[0]) == pytest.approx(float(seq), abs=1e-6)
+    assert float(s2.grpo_loss(new, old, adv, mask, clip_eps=10, loss_agg="token-mean")[0]) == pytest.approx(float(tok), abs=1e-6)
+    for agg, total in (("seq-mean", 4), ("token-mean", int(mask.sum()))):
+        whole = s2.grpo_loss(new, old, adv, mask, ref, 0.1, loss_agg=agg)[0]
+        halves = sum(s2.grpo_loss(new[a:b], old[a:b], adv[a:b], mask[a:b], ref[a:b], 0.1, loss_agg=agg, total=total)[0]
+                     for a, b in ((0, 1), (1, 4)))
+        assert float(halves) == pytest.approx(float(whole), abs=1e-6)
+
+
+def test_zero_variance_group_carries_no_policy_gradient():
+    new, old, ref, mask, _ = random_batch(seed=2)
+    rewards = torch.tensor([1.0, 1.0, 0.0, 2.0])  # group 0 (rows 0, 1) has no spread
+    adv, zero = s2.group_advantages(rewards, 2)
+    assert zero.tolist() == [True, False]
+    loss, _ = s2.grpo_loss(new, old, adv, mask, clip_eps=0.2)
+    loss.backward()
+    assert new.grad[:2].abs().max() == 0.0
+    assert new.grad[2:][mask[2:]].abs().min() > 0.0
+    # the KL pull is the only thing such a group could still contribute
+    new.grad = None
+    s2.grpo_loss(new, old, adv, mask, ref, beta=0.5)[0].backward()
+    assert new.grad[:2][mask[:2]].abs().max() > 0.0
+
+
+def test_step_examples_cover_each_epoch_once():
+    picks = [s2.step_examples(10, 4, step, seed=3) for step in range(5)]  # 20 prompts = 2 epochs
+    flat = [p for step in picks for p in step]
+    assert sorted(i for e, i in flat if e == 0) == list(range(10))
+    assert sorted(i for e, i in flat if e == 1) == list(range(10))
+    assert [i for e, i in flat if e == 0] != [i for e, i in flat if e == 1]  # reshuffled
+    assert picks[3] == s2.step_examples(10, 4, 3, seed=3)
