@@ -1,0 +1,100 @@
+"""
+Generation speed: our `model.generate` beside transformers' `generate`, on identical weights.
+
+Random weights at the official Qwen2.5-0.5B shape (no download), a 100-token prompt, 64 sampled
+new tokens (temperature 1, no top-k/top-p truncation, EOS disabled so every row runs the full
+length), for each batch size and dtype. Prints new tokens per second for each implementation and
+the ratio. Not a test: the figures depend on the machine.
+
+    python benchmarks/generation.py                                  # CPU, fp32 and bf16, B = 8 and 32
+    python benchmarks/generation.py --device cuda --dtypes bfloat16 --batch-sizes 8 32 128
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from model import Qwen2, Qwen2Config, generate  # noqa: E402
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ours(model, prompts, new_tokens, device):
+    sync(device)
+    start = time.perf_counter()
+    out = generate(model, prompts, new_tokens, temperature=1.0, top_p=1.0, eos_token_ids=[], seed=0)
+    sync(device)
+    assert all(len(t) == new_tokens for t in out.tokens)
+    return time.perf_counter() - start
+
+
+def time_transformers(model, prompts, new_tokens, device):
+    ids = torch.tensor(prompts, device=device)
+    sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                             top_p=1.0, top_k=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             eos_token_id=None, pad_token_id=0)
+    sync(device)
+    assert out.shape[1] == ids.shape[1] + new_tokens
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT.parent / "shared" / "configs" / "qwen2.5-0.5b.json"))
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--prompt-len", type=int, default=100)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-transformers", action="store_true", help="time our generate only")
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens")
+    config = Qwen2Config.from_json(args.config)
+    ours = Qwen2(config).init_weights(seed=0)
+    folder = Path(tempfile.mkdtemp(prefix="bench-gen-"))
+    ours.save_pretrained(folder / "ckpt")  # so transformers loads exactly these weights
+    del ours
+    rows = []
+    for dtype in args.dtypes:
+        ours = Qwen2.from_pretrained(folder / "ckpt", dtype=dtype, device=args.device)
+        ref = None
+        if not args.no_transformers:
+            import transformers
+            ref = transformers.AutoModelForCausalLM.from_pretrained(
+                folder / "ckpt", dtype=getattr(torch, dtype)).to(args.device).eval()
+        for batch in args.batch_sizes:
+            g = torch.Generator().manual_seed(batch)
+            prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len), generator=g).tolist()
+            time_ours(ours, prompts[:2], 4, args.device)  # warm-up
+            t_ours = time_ours(ours, prompts, args.new_tokens, args.device)
+            t_ref = None
+            if ref is not None:
+                time_transformers(ref, prompts[:2], 4, args.device)
+                t_ref = time_transformers(ref, prompts, args.new_tokens, args.device)
+            tokens = batch * args.new_tokens
+            rows.append((dtype, batch, tokens / t_ours, tokens / t_ref if t_ref else None))
+            ours_s, ref_s = rows[-1][2], rows[-1][3]
+            print(f"{dtype:9s} B={batch:<4d} ours {ours_s:8.1f} tok/s"
+                  + (f"   transformers {ref_s:8.1f} tok/s   ratio {ours_s / ref_s:5.2f}x" if ref_s else ""),
+                  flush=True)
+        del ours, ref
+    print("\n| dtype | batch | ours (tok/s) | transformers (tok/s) | ratio |\n|---|---|---|---|---|")
+    for dtype, batch, o, r in rows:
+        print(f"| {dtype} | {batch} | {o:.1f} | {r:.1f} | {o / r:.2f}x |" if r else f"| {dtype} | {batch} | {o:.1f} | - | - |")
+
+
+if __name__ == "__main__":
+    main()
