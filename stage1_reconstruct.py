@@ -1,0 +1,429 @@
+"""
+Stage 1 of BRIDGE: learn the structure of the teacher's reasoning by putting it back together
+(../shared/PAPER.md, "Stage 1 - masked, shuffled reconstruction").
+
+Why this stage. A base model asked to reason writes long, loosely ordered text. Before any
+reward can shape how it reasons, it has to know what a well-formed rationale looks like: steps
+that build on each other, in order, ending in the answer. Here the student sees a question and
+the teacher's steps shuffled, one of them (with probability 0.7) replaced by `<MASK>`, and is
+trained with plain cross-entropy to write the complete rationale in order: to sort the steps it
+must follow the logic from one to the next, and to fill the gap it must redo the missing
+calculation. The target is the canonical form every later stage and the eval read:
+"Step 1: ...\\nStep 2: ...\\nAnswer: N", then EOS (the authors' code forgot EOS, so their
+student never learned to stop).
+
+How this carries over to the evaluation, which asks the bare question with a different prompt
+(eval.PROMPT_TEMPLATE): as in the authors' code, the reconstruction prompt opens with the same
+`Question: <text>` line the eval prompt has, and the target is exactly the rationale the eval
+wants written after it; we also end the prompt with the eval prompt's last line, `Reasoning:`
+(the authors end with "the correct, complete reasoning:"), so both prompts hand over to the
+answer at the same words. What transfers is the format and the habit of finishing with the
+answer and EOS. `--plain-ratio R` (off by default, to stay faithful) adds R plain pairs per
+reconstruction example, eval prompt -> teacher rationale, for when that transfer is too weak.
+
+The loop: examples are made afresh each epoch (a new mask and a new order, from the seed);
+batches are padded, the loss is the mean cross-entropy over all target tokens of the optimizer
+step (prompt tokens are never scored), gradients accumulate over micro-batches, AdamW with
+linear warm-up then linear decay, gradient clipping, bf16 autocast on GPU, optional gradient
+checkpointing and LoRA. Defaults are the authors' settings (lr 5e-5, weight decay 0.01, 80
+warm-up steps, 5 epochs, effective batch 32, max length 2048, clip 1.0, seed 42, teacher rows
+0-1999), except that the default is full fine-tuning; `--lora-rank 16` is theirs.
+
+    python stage1_reconstruct.py --model Qwen/Qwen2.5-3B --teacher-data runs/teacher/r1.jsonl \\
+        --rows 0:2000 --lora-rank 16 --out runs/paper/stage1
+    python stage1_reconstruct.py --model runs/tiny/world/base --teacher-data runs/tiny/world/teacher.jsonl \\
+        --rows 0:2000 --epochs 1 --warmup-steps 5 --lr 1e-3 --out runs/tiny/stage1
+    torchrun --nproc_per_node 8 stage1_reconstruct.py ... --resume   # same run, 8 GPUs, continue
+
+Writes OUT/ (the merged final checkpoint), OUT/metrics.jsonl (one line per optimizer step) and
+OUT/checkpoint-STEP/ (weights, plus optimizer and RNG state in trainer_state.pt, for --resume).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import distributed
+import teacher
+from eval import build_prompt, default_device, write_atomic
+from model import Qwen2, Tokenizer, add_lora, has_lora, load_tokenizer
+
+MASK = "<MASK>"
+INSTRUCTION = ("The steps below are out of order, and one of them may be missing (shown as {mask}). "
+               "Write out the complete reasoning with every step in the right order, then the answer.")
+IGNORE = -100  # label of a position that is not scored
+
+# -----------------------------------------------------------------------------
+# 1. Examples: mask one step (or none), shuffle, prompt and target
+
+
+@dataclass
+class Example:
+    prompt: str
+    target: str                  # the complete ordered rationale (EOS is added as a token)
+    order: list[int] | None      # original index of each shown step; None for a plain pair
+    masked: int | None           # original index of the masked step, if any
+
+
+def reconstruction_example(ex: teacher.TeacherExample, rng: random.Random, mask_prob: float) -> Example:
+    """With probability mask_prob one random step becomes <MASK>; then the steps are always
+    shuffled (a plain shuffle, as the authors': with two steps it keeps the order half the time)."""
+    n = len(ex.steps)
+    masked = rng.randrange(n) if rng.random() < mask_prob else None
+    order = list(range(n))
+    rng.shuffle(order)
+    shown = "\n".join(f"- {MASK if i == masked else ex.steps[i]}" for i in order)
+    prompt = (f"Question: {ex.question.strip()}\n{INSTRUCTION.format(mask=MASK)}\n{shown}\nReasoning:")
+    return Example(prompt, "\n" + teacher.format_rationale(ex.steps, ex.answer), order, masked)
+
+
+def plain_example(ex: teacher.TeacherExample) -> Example:
+    """The eval prompt followed by the teacher's rationale (--plain-ratio)."""
+    return Example(build_prompt(ex.question), "\n" + teacher.format_rationale(ex.steps, ex.answer), None, None)
+
+
+@dataclass
+class Encoded:
+    prompt: list[int]
+    target: list[int]            # ends with EOS unless cut by --max-length
+
+
+def encode(example: Example, tokenizer: Tokenizer, max_length: int) -> Encoded:
+    """Prompt and target are encoded apart, so the boundary between them is exact (encoding the
+    joined text can merge tokens across it); a too-long example loses the end of its target."""
+    prompt = tokenizer.encode(example.prompt)
+    target = tokenizer.encode(example.target) + [tokenizer.eos_token_id]
+    if len(prompt) >= max_length:
+        raise ValueError(f"a prompt of {len(prompt)} tokens does not fit --max-length {max_length}")
+    return Encoded(prompt, target[:max_length - len(prompt)])
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor       # [B, T], right-padded
+    attention_mask: torch.Tensor  # [B, T], 1 for real tokens
+    labels: torch.Tensor          # [B, T], the token at each target position, IGNORE elsewhere
+
+    @property
+    def target_tokens(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def collate(items: list[Encoded], pad_token_id: int, device) -> Batch:
+    width = max(len(e.prompt) + len(e.target) for e in items)
+    ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros(len(items), width, dtype=torch.long)
+    for row, e in enumerate(items):
+        seq = e.prompt + e.target
+        ids[row, :len(seq)] = torch.tensor(seq)
+        labels[row, len(e.prompt):len(seq)] = torch.tensor(e.target)
+        mask[row, :len(seq)] = 1
+    return Batch(ids.to(device), mask.to(device), labels.to(device))
+
+
+def target_loss(model: Qwen2, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy of the target tokens. Only the positions that predict a target token
+    go through the LM head (the [tokens, vocab] logits are the largest tensor in training)."""
+    hidden = model.hidden_states(batch.input_ids, attention_mask=batch.attention_mask)
+    labels = batch.labels[:, 1:]               # position t predicts token t + 1
+    scored = labels != IGNORE
+    logits = model.logits(hidden[:, :-1][scored]).float()
+    return F.cross_entropy(logits, labels[scored], reduction="sum")
+
+
+@torch.no_grad()
+def mean_target_loss(model: Qwen2, items: list[Encoded], pad_token_id: int, batch_size: int = 8) -> float:
+    """Token-mean reconstruction loss of fixed examples (for tests and quick checks)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for lo in range(0, len(items), batch_size):
+        batch = collate(items[lo:lo + batch_size], pad_token_id, model.device)
+        total += float(target_loss(model, batch))
+        count += batch.target_tokens
+    model.train(was_training)
+    return total / count
+
+
+# -----------------------------------------------------------------------------
+# 2. The data stream: a deterministic function of (seed, position), so a resumed run sees
+# exactly the examples the interrupted one would have seen next.
+
+
+class Stream:
+    """Epoch e is a seeded permutation of the N teacher examples (plus round(plain_ratio * N)
+    plain pairs); position j of the endless stream is item j % len(epoch) of epoch j // len(epoch).
+    Each item's mask and order come from its own seeded generator."""
+
+    def __init__(self, examples: list[teacher.TeacherExample], seed: int, mask_prob: float, plain_ratio: float):
+        self.examples, self.seed, self.mask_prob = examples, seed, mask_prob
+        plain = random.Random(f"{seed}:plain").sample(range(len(examples)), round(plain_ratio * len(examples)))
+        self.items = [(i, False) for i in range(len(examples))] + [(i, True) for i in sorted(plain)]
+        self._epoch, self._order = -1, self.items
+
+    def __len__(self) -> int:
+        return len(self.items)  # items per epoch
+
+    def __getitem__(self, j: int) -> Example:
+        epoch, pos = divmod(j, len(self.items))
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, list(self.items)
+            random.Random(f"{self.seed}:order:{epoch}").shuffle(self._order)
+        index, plain = self._order[pos]
+        if plain:
+            return plain_example(self.examples[index])
+        rng = random.Random(f"{self.seed}:example:{epoch}:{index}")
+        return reconstruction_example(self.examples[index], rng, self.mask_prob)
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to `peak` over the first `warmup` steps, then linear decay towards 0 at
+    `total`. Steps count from 0; unlike the usual schedule, neither the first nor the last
+    step gets a learning rate of 0, which would waste it."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / (total - warmup + 1))
+
+
+# -----------------------------------------------------------------------------
+# 3. Checkpoints: weights by save_pretrained, the rest (optimizer, RNG, LoRA adapters) beside them
+
+RESUME_KEYS = ("teacher_data", "rows", "seed", "batch_size", "grad_accum", "mask_prob", "plain_ratio",
+               "epochs", "max_steps", "lr", "warmup_steps", "lora_rank", "lora_alpha", "max_length")
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.pt").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def save_checkpoint(out: Path, step: int, model: Qwen2, optimizer, args, tokenizer_dir: Path,
+                    rngs: list[dict], keep: int):
+    """OUT/checkpoint-STEP: the (merged) weights, loadable as they are, and trainer_state.pt with
+    what --resume needs besides: the step, the optimizer, every process's RNG state, the LoRA
+    adapters unmerged, and the options that must not change."""
+    folder = out / f"checkpoint-{step}"
+    model.save_pretrained(folder, tokenizer_dir=tokenizer_dir)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rngs,
+             "lora": {k: v for k, v in model.state_dict().items() if ".lora_" in k} if has_lora(model) else None,
+             "args": {k: getattr(args, k) for k in RESUME_KEYS}}
+    tmp = folder / "trainer_state.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, folder / "trainer_state.pt")  # last: a checkpoint without it is ignored
+    old = sorted((p for p in out.glob("checkpoint-*") if p != folder), key=lambda p: int(p.name.split("-")[1]))
+    for p in old[:max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def save_final(model: Qwen2, out: Path, tokenizer_dir: Path):
+    """save_pretrained replaces its whole folder, which would take metrics.jsonl and the
+    checkpoints with it; so save next door and move the files in, the weights last (until then
+    the folder has no model.safetensors and cannot be loaded by mistake)."""
+    staging = out.with_name(f".{out.name}.final")
+    model.save_pretrained(staging, tokenizer_dir=tokenizer_dir)
+    for f in sorted(staging.iterdir(), key=lambda p: p.name == "model.safetensors"):
+        os.replace(f, out / f.name)
+    staging.rmdir()
+
+
+# -----------------------------------------------------------------------------
+# 4. Training
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="BRIDGE stage 1: masked, shuffled reconstruction of teacher rationales.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="student checkpoint folder or hub id (e.g. Qwen/Qwen2.5-3B)")
+    teacher.add_teacher_arguments(p, rows="0:2000")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--epochs", type=float, default=5, help="passes over the teacher rows")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per forward pass (per process)")
+    p.add_argument("--grad-accum", type=int, default=8, help="micro-batches per optimizer step; "
+                   "effective batch = batch-size x grad-accum, split over the processes")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay of weight matrices")
+    p.add_argument("--warmup-steps", type=int, default=80, help="linear warm-up, then linear decay")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
+    p.add_argument("--max-length", type=int, default=2048, help="prompt + target tokens")
+    p.add_argument("--mask-prob", type=float, default=0.7, help="probability that one step is masked")
+    p.add_argument("--plain-ratio", type=float, default=0.0,
+                   help="plain eval-prompt -> rationale pairs per reconstruction example (0 = the paper)")
+    p.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning; the authors used 16")
+    p.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale alpha / rank")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, ~30%% slower")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="weight dtype; float32 weights train under bf16 autocast on GPU")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--seed", type=int, default=42, help="masks, shuffles, example order, LoRA init")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N optimizer steps (0 = never)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="the newest N checkpoints are kept")
+    p.add_argument("--resume", action="store_true", help="continue from the latest OUT/checkpoint-STEP")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps without changing the schedule (a job in pieces: then --resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.grad_accum < 1:
+        p.error("--batch-size and --grad-accum must be >= 1")
+    if not 0.0 <= args.mask_prob <= 1.0 or not 0.0 <= args.plain_ratio <= 1.0:
+        p.error("--mask-prob and --plain-ratio must be in [0, 1]")
+    return args
+
+
+def main(argv=None) -> dict:
+    from tqdm import tqdm
+    args = parse_args(argv)
+    dist_ctx = distributed.setup(args.device or default_device())
+    device = dist_ctx.device
+    out = Path(args.out)
+    torch.manual_seed(args.seed)  # the same on every rank: LoRA's initial adapters must agree
+
+    # 1. teacher data and the example stream
+    examples = teacher.load_from_args(args, quiet=not dist_ctx.is_main)
+    stream = Stream(examples, args.seed, args.mask_prob, args.plain_ratio)
+    per_step = args.batch_size * args.grad_accum
+    total_steps = args.max_steps or math.ceil(args.epochs * len(stream) / per_step)
+
+    # 2. the model, from --model or, resuming, from the latest checkpoint
+    checkpoint = latest_checkpoint(out) if args.resume else None
+    if not args.resume and (out / "metrics.jsonl").exists():
+        raise SystemExit(f"{out} already holds a run (metrics.jsonl): pass --resume, or choose another --out")
+    state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False) if checkpoint else None
+    if state:
+        changed = [k for k in RESUME_KEYS if state["args"].get(k) != getattr(args, k)]
+        if changed:
+            raise SystemExit(f"{checkpoint}: cannot resume with different " + ", ".join(
+                f"--{k.replace('_', '-')} ({state['args'].get(k)!r} -> {getattr(args, k)!r})" for k in changed))
+    source = checkpoint if state and not args.lora_rank else args.model
+    model = Qwen2.from_pretrained(source, dtype=args.dtype, device=device)
+    tokenizer = load_tokenizer(args.model)  # its folder stays put while old checkpoints are deleted
+    if args.lora_rank:
+        add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
+        if state:
+            result = model.load_state_dict(state["lora"], strict=False)
+            if result.unexpected_keys or any(".lora_" in k for k in result.missing_keys):
+                raise SystemExit(f"{checkpoint}: LoRA adapters do not match the model")
+    model.gradient_checkpointing = args.gradient_checkpointing
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    # decay matrices only (all LoRA parameters are matrices, as in the authors' run)
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    start = 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        rng = state["rng"][dist_ctx.rank % len(state["rng"])]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    else:
+        torch.manual_seed(args.seed + dist_ctx.rank)  # LoRA dropout differs per rank, like sampling
+    autocast = device.type == "cuda" and model.dtype == torch.float32
+
+    def checkpoint_now(step: int):  # every process takes part (its RNG state is saved too)
+        rngs = dist_ctx.gather(rng_state())
+        if dist_ctx.is_main:
+            save_checkpoint(out, step, model, optimizer, args, tokenizer.folder, rngs, args.keep_checkpoints)
+
+    metrics_path = out / "metrics.jsonl"
+    if dist_ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+                if json.loads(line)["step"] <= start]
+        write_atomic(metrics_path, "".join(line + "\n" for line in kept))
+        print(f"stage 1: {len(examples)} teacher examples ({len(stream)} per epoch), {total_steps} steps of "
+              f"{per_step} examples, {sum(p.numel() for p in params):,} trainable parameters"
+              + (f", resuming at step {start} from {checkpoint}" if state else ""))
+
+    # 3. the loop: one optimizer step per effective batch
+    end = total_steps if args.stop_after is None else min(total_steps, start + args.stop_after)
+    bar = tqdm(total=total_steps, initial=start, desc="stage 1", dynamic_ncols=True,
+               disable=args.quiet or not dist_ctx.is_main)
+    first_loss = last_loss = None
+    saved = False
+    run_start, tokens_seen = time.time(), 0
+    for step in range(start, end):
+        t0 = time.time()
+        # 3a. this step's examples; each process takes its share
+        mine = dist_ctx.shard(list(range(step * per_step, (step + 1) * per_step)))
+        encoded = [encode(stream[j], tokenizer, args.max_length) for j in mine]
+        # 3b. the loss is a mean over every target token of the step (all processes), so neither
+        # the micro-batch split nor the number of processes changes the gradient
+        local_target = sum(len(e.target) for e in encoded)
+        local_tokens = sum(len(e.prompt) + len(e.target) for e in encoded)
+        all_target, all_tokens = dist_ctx.sum([local_target, local_tokens])
+        scale = dist_ctx.world_size / all_target  # average_gradients divides by world_size again
+        loss_sum = 0.0
+        for lo in range(0, len(encoded), args.batch_size):
+            batch = collate(encoded[lo:lo + args.batch_size], tokenizer.pad_token_id, device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                loss = target_loss(model, batch)
+            (loss * scale).backward()
+            loss_sum += loss.item()
+        # 3c. average over processes, clip, set the scheduled learning rate, step
+        dist_ctx.average_gradients(model)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm))
+        lr = lr_at(step, total_steps, args.warmup_steps, args.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # 3d. metrics, progress, checkpoint
+        loss_value = dist_ctx.sum([loss_sum])[0] / all_target
+        first_loss = loss_value if first_loss is None else first_loss
+        last_loss = loss_value
+        seconds = time.time() - t0
+        tokens_seen += all_tokens
+        if dist_ctx.is_main:
+            record = {"step": step + 1, "epoch": round((step + 1) * per_step / len(stream), 4),
+                      "loss": round(loss_value, 5), "lr": lr, "grad_norm": round(grad_norm, 4),
+                      "target_tokens": int(all_target), "tokens": int(all_tokens),
+                      "tokens_per_s": round(all_tokens / max(seconds, 1e-9), 1)}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
+        saved = args.save_every > 0 and (step + 1) % args.save_every == 0
+        if saved and step + 1 < total_steps:
+            checkpoint_now(step + 1)
+    bar.close()
+
+    # 4. the final checkpoint (LoRA merged), or a resumable one when stopped early
+    if end < total_steps:
+        if not (end > start and saved):
+            checkpoint_now(end)
+        if dist_ctx.is_main:
+            print(f"stage 1: stopped at step {end} of {total_steps}; continue with --resume")
+    elif dist_ctx.is_main:
+        save_final(model, out, tokenizer.folder)
+    dist_ctx.barrier()
+    dist_ctx.close()
+    summary = {"steps": end, "total_steps": total_steps, "first_loss": first_loss, "last_loss": last_loss,
+               "tokens_per_s": round(tokens_seen / max(time.time() - run_start, 1e-9), 1), "out": str(out)}
+    if dist_ctx.is_main and end == total_steps and first_loss is not None:
+        print(f"stage 1: {end} steps, loss {first_loss:.4f} -> {last_loss:.4f}, "
+              f"{summary['tokens_per_s']} tokens/s -> {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
