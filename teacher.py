@@ -40,7 +40,6 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from eval import extract_answer, is_correct, parse_gold, to_number
 
@@ -393,7 +392,6 @@ def _append(path: Path, records: list[dict]):
 
 
 def generate_main(args):
-    import torch
     from tqdm import tqdm
     from eval import default_device, load_gsm8k
     from model import Qwen2, generate, load_tokenizer
@@ -415,7 +413,6 @@ def generate_main(args):
           file=sys.stderr)
 
     # 2. the teacher model and its prompt format
-    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     device = args.device or default_device()
     model = Qwen2.from_pretrained(args.model, dtype=args.dtype, device=device)
     tokenizer = load_tokenizer(model.source_dir)
