@@ -48,6 +48,9 @@ def tiny_qwen_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The tiny world's test preset (problems, tokenizer, a briefly pre-trained base model),
-    built once per test session. See tiny_world.py."""
+    built once per test session (a few minutes on 2 cores). See tiny_world.py. To run test files
+    one at a time without rebuilding it, point $BRIDGE_TEST_WORLD at a folder: the world is
+    built there once and reused while its preset and seed match."""
     import tiny_world as tw
-    return tw.build_world(tmp_path_factory.mktemp("tiny_world"), preset="test", seed=0)
+    folder = os.environ.get("BRIDGE_TEST_WORLD") or tmp_path_factory.mktemp("tiny_world")
+    return tw.build_world(folder, preset="test", seed=0, progress=False)
