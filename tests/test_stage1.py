@@ -1,0 +1,160 @@
+"""stage1_reconstruct.py: example construction, the target-only loss, training, checkpoints, resume."""
+import json
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+import stage1_reconstruct as s1
+from model import Qwen2, load_tokenizer, token_logprobs
+from teacher import TeacherExample, format_rationale, load_teacher_data
+
+STEPS = ["Mia starts with 4 apples.", "She buys 3 more: 4 + 3 = 7.", "She eats 2: 7 - 2 = 5.",
+         "She doubles them: 5 x 2 = 10.", "So she has 10 apples."]
+
+
+def shown_steps(prompt: str) -> list[str]:
+    return [line[2:] for line in prompt.split("\n") if line.startswith("- ")]
+
+
+# -----------------------------------------------------------------------------
+# Examples
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_masking_and_shuffling_invariants(n):
+    ex = TeacherExample("How many apples?", "10", "", STEPS[:n])
+    masks, reordered = 0, 0
+    for seed in range(400):
+        e = s1.reconstruction_example(ex, random.Random(seed), mask_prob=0.7)
+        shown = shown_steps(e.prompt)
+        assert sorted(e.order) == list(range(n))
+        assert shown.count(s1.MASK) == (e.masked is not None) <= 1
+        # the unmasked steps are exactly the teacher's steps less the masked one, as a multiset
+        expected = Counter(s for i, s in enumerate(ex.steps) if i != e.masked)
+        assert Counter(s for s in shown if s != s1.MASK) == expected
+        assert shown == [s1.MASK if i == e.masked else ex.steps[i] for i in e.order]
+        assert e.prompt.startswith("Question: How many apples?\n") and e.prompt.endswith("\nReasoning:")
+        assert e.target == "\n" + format_rationale(ex.steps, "10")
+        masks += e.masked is not None
+        reordered += e.order != sorted(e.order)
+        again = s1.reconstruction_example(ex, random.Random(seed), mask_prob=0.7)
+        assert (again.prompt, again.order, again.masked) == (e.prompt, e.order, e.masked)
+    assert 0.6 < masks / 400 < 0.8
+    assert (reordered > 100) == (n >= 2)
+    never = s1.reconstruction_example(ex, random.Random(0), mask_prob=0.0)
+    assert never.masked is None and s1.MASK not in shown_steps(never.prompt)
+
+
+def test_stream_is_a_function_of_seed_and_position():
+    examples = [TeacherExample(f"Q{i}?", str(i), "", [f"a{i}", f"b{i}", f"c{i}"]) for i in range(6)]
+    a, b = s1.Stream(examples, 1, 0.7, 0.5), s1.Stream(examples, 1, 0.7, 0.5)
+    assert len(a) == 9
+    first = [a[j].prompt for j in range(18)]
+    assert first == [b[j].prompt for j in reversed(range(18))][::-1]  # any access order
+    epoch0, epoch1 = first[:9], first[9:]
+    assert sorted(p.split("\n")[0] for p in epoch0) == sorted(p.split("\n")[0] for p in epoch1)
+    assert epoch0 != epoch1                       # a new order (and new masks) every epoch
+    assert sum("Solve this math problem" in p for p in epoch0) == 3  # round(0.5 * 6) plain pairs
+    assert [s1.Stream(examples, 2, 0.7, 0.5)[j].prompt for j in range(9)] != epoch0
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    lrs = [s1.lr_at(s, 10, 4, 1.0) for s in range(10)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(x > y for x, y in zip(lrs[3:], lrs[4:])) and lrs[-1] > 0
+    assert s1.lr_at(10, 10, 4, 1.0) == 0.0
+
+
+# -----------------------------------------------------------------------------
+# The loss
+
+
+def test_loss_covers_target_tokens_only(tiny_qwen_checkpoint):
+    model = Qwen2.from_pretrained(tiny_qwen_checkpoint)
+    tok = load_tokenizer(tiny_qwen_checkpoint)
+    ex = TeacherExample("Tom has 3 cats and buys 2. How many?", "5", "", ["3 + 2 = 5.", "He has 5 cats."])
+    items = [s1.encode(s1.reconstruction_example(ex, random.Random(0), 0.7), tok, 2048),
+             s1.encode(s1.plain_example(ex), tok, 2048)]
+    assert all(e.target[-1] == tok.eos_token_id for e in items)
+    assert tok.decode(items[0].target) == "\nStep 1: 3 + 2 = 5.\nStep 2: He has 5 cats.\nAnswer: 5"
+    batch = s1.collate(items, tok.pad_token_id, "cpu")
+    for row, e in enumerate(items):
+        seq = e.prompt + e.target
+        assert batch.labels[row, :len(e.prompt)].eq(s1.IGNORE).all()
+        assert batch.labels[row, len(e.prompt):len(seq)].tolist() == e.target
+        assert batch.labels[row, len(seq):].eq(s1.IGNORE).all()
+    assert batch.target_tokens == sum(len(e.target) for e in items)
+
+    # the summed loss is exactly -log p(target | prompt), computed independently by model.py
+    hidden_out = {}
+    hook = model.model.norm.register_forward_hook(lambda m, i, o: hidden_out.update(h=o) or o.retain_grad())
+    loss = s1.target_loss(model, batch)
+    hook.remove()
+    logprobs, mask = token_logprobs(model, [e.prompt for e in items], [e.target for e in items],
+                                    pad_token_id=tok.pad_token_id)
+    assert torch.allclose(loss, -logprobs[mask].sum(), rtol=1e-5)
+
+    # what the model predicts for a prompt (or padding) position never reaches the loss: the
+    # gradient at every position whose next token is not a target token is exactly zero
+    loss.backward()
+    grad = hidden_out["h"].grad.abs().sum(-1)
+    for row, e in enumerate(items):
+        P, L = len(e.prompt), len(e.prompt) + len(e.target)
+        assert grad[row, :P - 1].eq(0).all() and grad[row, L - 1:].eq(0).all()
+        assert grad[row, P - 1:L - 1].gt(0).all()
+
+
+# -----------------------------------------------------------------------------
+# Training on the tiny world
+
+
+def run(world, out, *extra):
+    return s1.main(["--model", str(world.base_model), "--teacher-data", str(world.teacher), "--out", str(out),
+                    "--rows", "0:48", "--batch-size", "4", "--grad-accum", "2", "--lr", "2e-3",
+                    "--warmup-steps", "1", "--device", "cpu", "--quiet", *extra])
+
+
+def test_training_lowers_reconstruction_loss_and_output_loads(tiny_world, tmp_path):
+    """Full fine-tuning for 8 steps, run as 5 steps and then --resume for the rest."""
+    held_out = load_teacher_data(str(tiny_world.teacher), rows=slice(300, 316))
+    tok = load_tokenizer(tiny_world.base_model)
+    items = [s1.encode(s1.reconstruction_example(e, random.Random(i), 0.7), tok, 2048) for i, e in enumerate(held_out)]
+    before = s1.mean_target_loss(Qwen2.from_pretrained(tiny_world.base_model), items, tok.pad_token_id)
+    out = tmp_path / "s1"
+    first = run(tiny_world, out, "--max-steps", "8", "--stop-after", "5")
+    assert first["steps"] == 5 and (out / "checkpoint-5" / "trainer_state.pt").is_file()
+    with pytest.raises(SystemExit, match="already holds a run"):
+        run(tiny_world, out, "--max-steps", "8")
+    second = run(tiny_world, out, "--max-steps", "8", "--resume")
+    assert second["steps"] == 8
+    after = s1.mean_target_loss(Qwen2.from_pretrained(out), items, tok.pad_token_id)
+    assert after < 0.9 * before, (before, after)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert {"loss", "lr", "tokens_per_s", "grad_norm"} <= set(metrics[0])
+    assert load_tokenizer(out).eos_token_id == tok.eos_token_id
+
+
+def test_resume_continues_at_the_same_step(tiny_world, tmp_path):
+    """LoRA (adapters, dropout RNG and optimizer restored): 4 steps in one go equal 3 + 1."""
+    extra = ["--max-steps", "4", "--save-every", "2", "--lora-rank", "4", "--lr", "1e-2"]
+    run(tiny_world, tmp_path / "whole", *extra)
+    part = run(tiny_world, tmp_path / "parts", *extra, "--stop-after", "3")
+    assert part["steps"] == 3 and not (tmp_path / "parts" / "model.safetensors").exists()
+    assert sorted(p.name for p in (tmp_path / "parts").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    with pytest.raises(SystemExit, match="--mask-prob"):
+        run(tiny_world, tmp_path / "parts", *extra, "--resume", "--mask-prob", "0.5")
+    run(tiny_world, tmp_path / "parts", *extra, "--resume")
+    whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    parts = [json.loads(x) for x in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in parts] == [1, 2, 3, 4]
+    assert [(m["loss"], m["lr"]) for m in parts] == pytest.approx([(m["loss"], m["lr"]) for m in whole], rel=1e-5)
+    a = Qwen2.from_pretrained(tmp_path / "whole").state_dict()
+    b = Qwen2.from_pretrained(tmp_path / "parts").state_dict()
+    base = Qwen2.from_pretrained(tiny_world.base_model).state_dict()
+    assert a.keys() == b.keys() == base.keys()  # merged: a plain checkpoint
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], base[k]) for k in a)
