@@ -581,7 +581,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
             group["lr"] = lr
         model.train()
         stats, loss_sum, grad_norm, gap = LossStats(), 0.0, 0.0, 0.0
-        for epoch in range(cfg.ppo_epochs if n_rows else 0):
+        for ppo_epoch in range(cfg.ppo_epochs if n_rows else 0):
             optimizer.zero_grad(set_to_none=False)
             for lo in range(0, len(rows), cfg.micro_batch_size):
                 hi = min(lo + cfg.micro_batch_size, len(rows))
@@ -596,7 +596,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                 loss.backward()
                 loss_sum += float(loss.detach())
                 stats.clipped += s.clipped
-                if epoch == 0:
+                if ppo_epoch == 0:
                     stats.kl += s.kl
                     stats.tokens += s.tokens
                     gap = max(gap, float(torch.where(mask, (new_lp.detach() - old_t).abs(), 0).max()))
@@ -608,23 +608,26 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
             optimizer.step()
         train_seconds = time.time() - t0
 
-        # 7. metrics: summed over processes, then one line of metrics.jsonl and the bar
+        # 7. metrics: sums over processes, then one line of metrics.jsonl and the bar
         part_names = sorted({k for p in parts for k in p})
-        local = [float(rewards.sum()), float((rewards ** 2).sum()), len(rewards),
-                 sum(len(c) for c in ro.completions), sum(ro.truncated), float(zero_var.sum()), len(zero_var),
-                 stats.kl, stats.tokens, stats.clipped, loss_sum]
-        local += [sum(p.get(k, 0.0) for p in parts) for k in part_names]
-        g = dist.sum(local)
-        n = max(g[2], 1)
+        local = {"reward": float(rewards.sum()), "reward_sq": float((rewards ** 2).sum()), "rows": len(rewards),
+                 "tokens": sum(len(c) for c in ro.completions), "truncated": sum(ro.truncated),
+                 "zero_var": float(zero_var.sum()), "groups": len(zero_var), "kl": stats.kl,
+                 "trained_tokens": stats.tokens, "clipped": stats.clipped, "loss": loss_sum,
+                 **{f"part_{k}": sum(p.get(k, 0.0) for p in parts) for k in part_names}}
+        tot = dict(zip(local, dist.sum(list(local.values()))))
+        n = max(tot["rows"], 1)
+        mean_reward = tot["reward"] / n
         record = {
             "step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3),
-            "reward": g[0] / n, "reward_std": math.sqrt(max(g[1] / n - (g[0] / n) ** 2, 0.0)),
-            **{f"reward_{k}": v / n for k, v in zip(part_names, g[11:])},
-            "accuracy": g[11 + part_names.index("correct")] / n if "correct" in part_names else None,
-            "completion_tokens": g[3] / n, "truncated": g[4] / n, "zero_variance_groups": g[5] / max(g[6], 1),
-            "trained_completions": int(n_rows), "kl": g[7] / max(g[8], 1),
-            "clip_fraction": g[9] / max(g[8] * cfg.ppo_epochs, 1), "loss": g[10] / max(cfg.ppo_epochs, 1),
-            "grad_norm": grad_norm, "logprob_gap": gap, "lr": lr,
+            "reward": mean_reward, "reward_std": math.sqrt(max(tot["reward_sq"] / n - mean_reward ** 2, 0.0)),
+            **{f"reward_{k}": tot[f"part_{k}"] / n for k in part_names},
+            "accuracy": tot["part_correct"] / n if "correct" in part_names else None,
+            "completion_tokens": tot["tokens"] / n, "truncated": tot["truncated"] / n,
+            "zero_variance_groups": tot["zero_var"] / max(tot["groups"], 1), "trained_completions": int(n_rows),
+            "kl": tot["kl"] / max(tot["trained_tokens"], 1),
+            "clip_fraction": tot["clipped"] / max(tot["trained_tokens"] * cfg.ppo_epochs, 1),
+            "loss": tot["loss"] / (max(cfg.ppo_epochs, 1) * dist.world_size), "grad_norm": grad_norm, "logprob_gap": gap, "lr": lr,
             "rollout_seconds": round(rollout_seconds, 3), "train_seconds": round(train_seconds, 3),
         }
         history.append(record)

@@ -3,12 +3,14 @@ hand-built tensors, and short runs on the tiny world (reward rises, --resume con
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
 
 import stage2_grpo as s2
 from conftest import BRIDGE_STAGE3
+from eval import extract_answer, is_correct
 from teacher import TeacherExample, load_teacher_data
 
 
@@ -263,3 +265,56 @@ def test_step_examples_cover_each_epoch_once():
     assert sorted(i for e, i in flat if e == 1) == list(range(10))
     assert [i for e, i in flat if e == 0] != [i for e, i in flat if e == 1]  # reshuffled
     assert picks[3] == s2.step_examples(10, 4, 3, seed=3)
+
+
+# -----------------------------------------------------------------------------
+# Short runs on the tiny world
+
+
+def shorter_is_better(text, example, parts=None, num_tokens=0, max_new_tokens=1, **info):
+    """A reward that a few GRPO steps can surely move: minus the completion's share of the limit."""
+    if parts is not None:
+        parts.update(correct=float(is_correct(extract_answer(text), example.answer)))
+    return -num_tokens / max_new_tokens
+
+
+def run_args(world, out, *extra):
+    return ["--model", str(world.base_model), "--teacher-data", str(world.teacher), "--out", str(out),
+            "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "128", "--lr", "1e-4",
+            "--beta", "0.04", "--seed", "0", "--quiet", *extra]
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypatch):
+    from model import Qwen2
+    monkeypatch.setitem(s2.REWARDS, "shorter", shorter_is_better)  # a new reward is one dict entry
+    straight = tmp_path / "straight"
+    summary = s2.main(run_args(tiny_world, straight, "--reward", "shorter", "--max-steps", "6", "--save-every", "3"))
+    rows = metrics(straight)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("reward", "reward_correct", "accuracy", "completion_tokens", "zero_variance_groups", "truncated",
+                "kl", "clip_fraction", "rollout_seconds", "train_seconds"):
+        assert all(r[key] is not None for r in rows), key
+    first, last = rows[0], rows[-1]
+    assert last["reward"] > first["reward"] and last["completion_tokens"] < first["completion_tokens"]
+    assert all(r["trained_completions"] > 0 for r in rows)      # every step trained (gentle lr)...
+    assert all(r["kl"] > 0 for r in rows[1:])                   # ...and moved away from the reference
+    assert summary["last_reward"] == last["reward"]
+    # the final checkpoint sits beside metrics.jsonl and loads
+    Qwen2.from_pretrained(straight)
+    assert (straight / "checkpoint-3" / "trainer_state.pt").is_file()
+
+    # resume: a run that stopped after step 3 continues exactly as the straight run did
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))  # one step too many
+    s2.main(run_args(tiny_world, resumed, "--reward", "shorter", "--max-steps", "6", "--resume"))
+    again = metrics(resumed)
+    assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(rows[3:], again[3:]):
+        assert b["reward"] == pytest.approx(a["reward"], abs=1e-6)
+        assert b["completion_tokens"] == a["completion_tokens"]
