@@ -31,7 +31,8 @@ answering (the short step format, the final line) reaches the zero-shot evaluati
 prompt, so the correct concise rewrites of questions the student could not solve become
 answers it learns to give unaided. The authors' released code scores the response with no
 prompt at all (one of its defects, like those PAPER.md lists for stage 2), which is the second
-reading's effect, not the first's. See the README for the measured difference on the tiny world.
+reading's effect, not the first's; hence the default. Which transfers better is one flag to
+compare (we have not measured it yet).
 
     python stage3_rewrite.py --model runs/tiny/stage2 --teacher-data runs/tiny/world/teacher.jsonl \
         --rows 400: --out runs/tiny/stage3
@@ -47,7 +48,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import stage2_grpo as stage2
 from eval import build_prompt, extract_answer, is_correct, should_stop, strip_continuation, write_atomic
+from teacher import add_teacher_arguments, load_from_args, load_teacher_data
 
 # -----------------------------------------------------------------------------
 # 1. Failure mining
@@ -144,34 +147,6 @@ def save_failures(path: Path, failures: Sequence[Failure]):
     write_atomic(Path(path), "".join(json.dumps(asdict(f)) + "\n" for f in failures))
 
 
-def load_failures(path: Path) -> list[Failure]:
-    """A mined set written by save_failures. (Other failure sets, such as the authors' released
-    stage-3 JSON list, are teacher data: main() reads them with teacher.load_teacher_data.)"""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: failures file not found")
-    failures = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object")
-            for key in ("question", "answer", "rationale"):
-                if not isinstance(record.get(key), str) or not record[key].strip():
-                    raise ValueError(f"{path}:{line_no}: field '{key}' is missing or not a non-empty string")
-            attempts = [Attempt(a.get("completion", ""), a.get("prediction"), bool(a.get("correct")))
-                        for a in record.get("attempts") or []]
-            failures.append(Failure(record["question"], record["answer"], record["rationale"],
-                                    list(record.get("steps") or []), row=int(record.get("row", -1)),
-                                    wrong=int(record.get("wrong", len(attempts))), attempts=attempts))
-    return failures
-
-
 # -----------------------------------------------------------------------------
 # 2. The rewriting prompt
 
@@ -191,16 +166,20 @@ def build_rewrite_prompt(question: str, rationale: str) -> str:
 
 
 # -----------------------------------------------------------------------------
-# 3. Rewards: (response, example) -> float, chosen by name with --reward
+# 3. Rewards: reward(text, example, parts=None, **info) -> float, chosen by name with --reward
+#
+# The signature is stage 2's (stage2_grpo.py, section 2): `example` is a Failure (or any
+# teacher record), `parts` collects the components for metrics.jsonl, `info` carries token
+# counts a reward may ignore. Stage 2's rewards that need only the answer are offered too.
 
 STEP_MARKER = re.compile(r"Step\s*\d+\s*:", re.IGNORECASE)
 ANSWER_MARKER = re.compile(r"Answer:", re.IGNORECASE)
 
 
-def answer_part(response: str) -> str:
+def answer_part(text: str) -> str:
     """The response up to the end of its first answer line (the authors cut there too): what
     follows the answer is not part of the rewrite and must not count towards its length."""
-    text = strip_continuation(response)
+    text = strip_continuation(text)
     match = re.search(r"(?:Final Answer|Answer):[^\n]*", text, re.IGNORECASE)
     return text[:match.end()] if match else text
 
@@ -222,50 +201,181 @@ def compression_bonus(ratio: float) -> float:
     return 0.5 + 0.3 * min((0.5 - ratio) / 0.3, 1.0)
 
 
-def paper_rewrite(response: str, example) -> float:
+def _judge(text: str, example, parts: dict | None) -> tuple[bool, bool, float]:
+    """(right answer, has `Step k:` and `Answer:`, word ratio to the teacher), logged in parts."""
+    text = answer_part(text)
+    correct = is_correct(extract_answer(text), str(example.answer))
+    well_formed = bool(STEP_MARKER.search(text) and ANSWER_MARKER.search(text))
+    ratio = word_count(text) / max(1, word_count(example.rationale))
+    if parts is not None:
+        parts.update(correct=float(correct), format=float(well_formed), ratio=ratio, words=float(word_count(text)))
+    return correct, well_formed, ratio
+
+
+def paper_rewrite(text: str, example, parts: dict | None = None, **info) -> float:
     """The paper's stage-3 reward, with ratio = response words / teacher-rationale words:
 
         wrong answer                                  -2
         right answer, no `Step k:` or no `Answer:`    -1
         otherwise                                     1 + c(ratio)
 
-    c(ratio) = -0.5*min(ratio - 1, 1)           if ratio > 1
-               0                                if 0.8 < ratio <= 1
-               0.5*(0.8 - ratio)/0.3            if 0.5 < ratio <= 0.8
+    c(ratio) = -0.5*min(ratio - 1, 1)               if ratio > 1
+               0                                    if 0.8 < ratio <= 1
+               0.5*(0.8 - ratio)/0.3                if 0.5 < ratio <= 0.8
                0.5 + 0.3*min((0.5 - ratio)/0.3, 1)  if ratio <= 0.5
 
-    so a correct rewrite earns 0.5 (twice the teacher's length) to 1.8 (a fifth of it).
-    Words are whitespace-separated pieces, counted up to the end of the answer line."""
-    text = answer_part(response)
-    if not is_correct(extract_answer(text), example.answer):
+    so a correct rewrite earns 0.5 (twice the teacher's length or more) to 1.8 (a fifth of it
+    or less). Words are whitespace-separated pieces, counted up to the end of the answer line."""
+    correct, well_formed, ratio = _judge(text, example, parts)
+    if not correct:
         return -2.0
-    if not (STEP_MARKER.search(text) and ANSWER_MARKER.search(text)):
+    if not well_formed:
         return -1.0
-    ratio = word_count(text) / max(1, word_count(example.rationale))
     return 1.0 + compression_bonus(ratio)
 
 
-def rewrite_linear(response: str, example) -> float:
-    """Like paper_rewrite with a compression term that never goes flat: 1 + clip(1 - ratio,
-    -0.5, 0.8), wrong -2, missing steps/answer -1. The paper's term gives no signal between 0.8
-    and 1 times the teacher's length; this one rewards every word saved."""
-    text = answer_part(response)
-    if not is_correct(extract_answer(text), example.answer):
+def rewrite_linear(text: str, example, parts: dict | None = None, **info) -> float:
+    """paper_rewrite with a compression term that is never flat: wrong -2, missing steps or
+    answer -1, else 1 + clip(1 - ratio, -0.5, 0.8). The paper's term gives no signal between
+    0.8 and 1 times the teacher's length, so a group of near-copies of the teacher has zero
+    reward spread and teaches nothing; this one rewards every word saved."""
+    correct, well_formed, ratio = _judge(text, example, parts)
+    if not correct:
         return -2.0
-    if not (STEP_MARKER.search(text) and ANSWER_MARKER.search(text)):
+    if not well_formed:
         return -1.0
-    ratio = word_count(text) / max(1, word_count(example.rationale))
     return 1.0 + min(max(1.0 - ratio, -0.5), 0.8)
 
 
-def rewrite_correct(response: str, example) -> float:
-    """Correctness only: 1 for the right answer, 0 otherwise (no length or format pressure), the
-    control that shows what the compression term adds."""
-    return float(is_correct(extract_answer(answer_part(response)), example.answer))
-
-
-REWARDS: dict[str, Callable[[str, object], float]] = {
+REWARDS: dict[str, Callable[..., float]] = {
     "paper_rewrite": paper_rewrite,
     "rewrite_linear": rewrite_linear,
-    "rewrite_correct": rewrite_correct,
+    # stage 2's answer-only rewards: correctness alone, DAPO's overlong penalty, cosine length
+    "correct": stage2.reward_correct,
+    "overlong": stage2.reward_overlong,
+    "cosine": stage2.reward_cosine,
 }
+
+
+# -----------------------------------------------------------------------------
+# 4. GRPO, imported from stage 2, with the policy gradient taken under a chosen prompt
+
+POLICY_PROMPTS = ("eval", "rewrite")
+
+
+def rewrite_prompt_of(example, rng=None) -> str:
+    """train_grpo's prompt builder: the rewriting prompt, which the rollouts are sampled from."""
+    return build_rewrite_prompt(example.question, example.rationale)
+
+
+def eval_prompt_of(example, rng=None) -> str:
+    return build_prompt(example.question)
+
+
+def weights_checksum(model) -> str:
+    """sha256 of the weights as save_pretrained writes them (LoRA merged), in name order."""
+    import hashlib
+    from model import merged_state_dict
+    digest = hashlib.sha256()
+    for name, tensor in sorted(merged_state_dict(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# 5. Command line
+
+
+def mine(args, examples: Sequence, dist) -> list[Failure]:
+    """Every process mines its share of the questions; all of them get the whole set back. The
+    model is loaded as eval.py loads it (the stored dtype unless --dtype says otherwise)."""
+    import torch
+    from model import Qwen2, load_tokenizer
+    model = Qwen2.from_pretrained(args.model, dtype=args.dtype, device=dist.device)
+    tokenizer = load_tokenizer(model.source_dir)
+    mine_rows = dist.shard(list(range(len(examples))))
+    sampler = model_sampler(model, tokenizer, args.mine_temperature, args.mine_top_p, args.mine_max_new_tokens,
+                            args.mine_batch_size, seed=args.seed + dist.rank,
+                            progress=dist.is_main and not args.quiet)
+    mined = mine_failures([examples[i] for i in mine_rows], sampler, args.attempts, args.failure_threshold,
+                          rows=mine_rows)
+    del model
+    if dist.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return sorted((f for part in dist.gather(mined) for f in part), key=lambda f: f.row)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="BRIDGE stage 3: GRPO on rewriting the teacher's rationale "
+                                     "for the student's persistent failures.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    stage2.add_grpo_arguments(parser)
+    parser.set_defaults(max_new_tokens=512, epochs=5.0)  # the authors' stage-3 settings
+    g = parser.add_argument_group("stage 3: failure mining")
+    add_teacher_arguments(g)
+    g.add_argument("--failures", default=None,
+                   help="train on this failure set instead of mining one: a failures.jsonl written by "
+                        "this script, any teacher JSONL, or the authors' stage3_error_samples.json")
+    g.add_argument("--attempts", type=int, default=4,
+                   help="k answers sampled per question (k=1 with --mine-temperature 0: the authors' rule)")
+    g.add_argument("--failure-threshold", type=int, default=None,
+                   help="t: persistent failure when at least t of the k attempts are wrong (default: k)")
+    g.add_argument("--mine-temperature", type=float, default=0.7, help="0: greedy")
+    g.add_argument("--mine-top-p", type=float, default=1.0)
+    g.add_argument("--mine-max-new-tokens", type=int, default=512, help="as eval.py")
+    g.add_argument("--mine-batch-size", type=int, default=32, help="sequences per generate call")
+    g = parser.add_argument_group("stage 3: prompt and reward")
+    g.add_argument("--reward", default="paper_rewrite", choices=sorted(REWARDS))
+    g.add_argument("--policy-prompt", default="eval", choices=POLICY_PROMPTS,
+                   help="the prompt each sampled rewrite is scored under in the loss: the plain "
+                        "evaluation prompt, or the rewriting prompt it was sampled from (see the docstring)")
+    args = parser.parse_args(argv)
+    if args.failure_threshold is None:
+        args.failure_threshold = args.attempts
+    is_persistent(0, args.attempts, args.failure_threshold)  # a bad threshold fails before any work
+
+    import distributed
+    dist = distributed.setup(args.device)
+    out = Path(args.out)
+    mined_path = out / "failures.jsonl"
+
+    # 1. the failure set: given, reused on --resume, or mined from the student's own answers
+    source = args.failures or (str(mined_path) if args.resume and mined_path.is_file() else None)
+    if source:
+        failures = load_teacher_data(source, quiet=not dist.is_main)
+        note = f"{len(failures)} failures from {source}"
+    else:
+        examples = load_from_args(args, quiet=not dist.is_main)
+        failures = mine(args, examples, dist)
+        if dist.is_main:
+            save_failures(mined_path, failures)
+        note = (f"{len(failures)} persistent failures of {len(examples)} questions "
+                f"(>= {args.failure_threshold} of {args.attempts} attempts wrong) -> {mined_path}")
+    if dist.is_main:
+        print(f"stage 3: {note}")
+    if not failures:
+        raise SystemExit(f"stage 3: no persistent failures to train on ({note})")
+
+    # 2. GRPO on the rewriting prompts, with the chosen reward and the chosen loss prompt
+    summary = stage2.train_grpo(stage2.GRPOConfig.from_args(args), failures, rewrite_prompt_of, REWARDS[args.reward],
+                                desc="stage3", train_prompt=eval_prompt_of if args.policy_prompt == "eval" else None)
+    model = summary.pop("model")
+    summary.update(failures=len(failures), failures_path=str(source or mined_path))
+
+    # 3. every process reports its final weights: under torchrun they must be identical
+    summary["weights_sha256"] = weights_checksum(model)
+    if dist.enabled:
+        print(f"stage 3 rank {dist.rank}: weights sha256 {summary['weights_sha256']}", flush=True)
+        if len(set(dist.gather(summary["weights_sha256"]))) != 1:
+            raise RuntimeError("stage 3: the processes ended with different weights")
+    dist.close()
+    if dist.is_main and "last_reward" in summary:
+        print(f"stage 3: {summary['steps']} steps, mean reward {summary['first_reward']:.3f} -> "
+              f"{summary['last_reward']:.3f}, completion tokens {summary['first_tokens']:.1f} -> "
+              f"{summary['last_tokens']:.1f} -> {summary['out']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

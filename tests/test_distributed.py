@@ -2,11 +2,11 @@
 script under torchrun whose two ranks must end with identical weights."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -76,3 +76,55 @@ def test_average_gradients_two_gloo_processes(tmp_path):
         assert r["is_main"] == (rank == 0)
     assert records[0]["shard"] + records[1]["shard"] != list(range(7))  # interleaved, not blocks
     assert sorted(records[0]["shard"] + records[1]["shard"]) == list(range(7))
+
+
+def test_stage3_under_torchrun_two_processes(tiny_world, tmp_path):
+    """Stage 3 end to end under `torchrun --nproc_per_node 2` (gloo): both ranks mine their share
+    of the questions, train two GRPO steps with averaged gradients, and must end with identical
+    weights; rank 0 alone writes the one checkpoint, which holds exactly those weights."""
+    from eval import evaluate, load_gsm8k
+    from model import Qwen2, load_tokenizer
+    import stage3_rewrite as s3
+
+    out = tmp_path / "stage3"
+    rows = (200, 232)
+    # A reward that differs for any two different texts, so every group trains and identical
+    # weights really prove the averaged gradients (the tiny base model cannot rewrite yet, so
+    # the real rewards would give it -2 across the board). Adding it is one entry in REWARDS.
+    script = tmp_path / "stage3_text_hash_reward.py"
+    script.write_text("import sys, zlib\n"
+                      f"sys.path.insert(0, {str(ROOT)!r})\n"
+                      "import stage3_rewrite\n"
+                      "stage3_rewrite.REWARDS['text_hash'] = lambda text, example, parts=None, **info: "
+                      "zlib.crc32(text.encode()) / 2 ** 32\n"
+                      "stage3_rewrite.main()\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), "--model", str(tiny_world.base_model), "--teacher-data", str(tiny_world.teacher),
+               "--rows", f"{rows[0]}:{rows[1]}", "--attempts", "1", "--mine-temperature", "0",
+               "--mine-max-new-tokens", "160", "--out", str(out), "--max-steps", "2", "--group-size", "2",
+               "--prompts-per-step", "4", "--max-new-tokens", "48", "--lr", "1e-4", "--save-every", "0",
+               "--reward", "text_hash", "--device", "cpu", "--seed", "0", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    # 1. the two ranks' weights are identical, and equal to the one checkpoint rank 0 wrote
+    sums = dict(re.findall(r"stage 3 rank (\d): weights sha256 ([0-9a-f]{64})", run.stdout))
+    assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], run.stdout[-2000:]
+    saved = Qwen2.from_pretrained(out)
+    assert s3.weights_checksum(saved) == sums["0"]
+    base = Qwen2.from_pretrained(tiny_world.base_model)
+    assert s3.weights_checksum(base) != sums["0"]           # it did train
+    assert not list(out.glob("checkpoint-*")) and not list(tmp_path.glob(".stage3*"))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]               # one writer, one line per step
+    assert all(m["trained_completions"] > 0 for m in metrics)
+
+    # 2. the mined set is the union of both ranks' shares: with one greedy attempt it is exactly
+    #    the questions eval.py gets wrong (the authors' rule)
+    mined = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    examples = load_gsm8k(str(tiny_world.train))[rows[0]:rows[1]]
+    samples, _ = evaluate(base, load_tokenizer(tiny_world.base_model), examples, batch_size=32,
+                          max_new_tokens=160, progress=False)
+    assert [m["row"] for m in mined] == [s["index"] for s in samples if not s["correct"]]
+    assert 0 < len(mined) < len(examples)

@@ -75,9 +75,11 @@ def test_alternative_rewards():
     assert s3.rewrite_linear(response_of(10), teacher) == pytest.approx(1.8)
     assert s3.rewrite_linear(response_of(300), teacher) == pytest.approx(0.5)
     assert s3.rewrite_linear(response_of(50, answer="8"), teacher) == -2.0
-    assert s3.rewrite_correct(response_of(300), teacher) == 1.0
-    assert s3.rewrite_correct(response_of(30, answer="8"), teacher) == 0.0
-    assert set(s3.REWARDS) >= {"paper_rewrite", "rewrite_linear", "rewrite_correct"}
+    assert s3.REWARDS["correct"](response_of(300), teacher) == 1.0      # stage 2's, by name
+    assert s3.REWARDS["correct"](response_of(30, answer="8"), teacher) == 0.0
+    parts = {}
+    s3.paper_rewrite(response_of(50), teacher, parts=parts)
+    assert parts == {"correct": 1.0, "format": 1.0, "ratio": 0.5, "words": 50.0}
 
 
 # -----------------------------------------------------------------------------
@@ -143,27 +145,19 @@ def test_mining_rejects_impossible_threshold(threshold):
     assert sampler.calls == []   # refused before any sampling
 
 
-def test_failures_file_round_trip(tmp_path):
+def test_failures_file_is_a_teacher_file(tmp_path):
+    """The mined set reloads through teacher.load_teacher_data (what --failures uses)."""
+    from teacher import load_teacher_data
     examples, script = make_world(4)
     failures = s3.mine_failures(examples, scripted_sampler(script), attempts=4, threshold=2)
     path = tmp_path / "failures.jsonl"
     s3.save_failures(path, failures)
-    back = s3.load_failures(path)
-    assert [(f.question, f.answer, f.rationale, f.steps) for f in back] == \
+    back = load_teacher_data(str(path), quiet=True)
+    assert [(e.question, e.answer, e.rationale, e.steps) for e in back] == \
         [(f.question, f.answer, f.rationale, f.steps) for f in failures]
-    assert [len(f.attempts) for f in back] == [4, 4, 4]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and '"attempts"' in lines[0] and '"wrong": 4' in lines[0]
     assert not list(tmp_path.glob(".failures.jsonl*"))   # no temporary file left behind
-
-
-def test_failures_file_errors_name_the_line(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"question": "q", "answer": "1", "rationale": "Step 1: 1\\nAnswer: 1", "steps": ["1"]}\n'
-                    "not json\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
-        s3.load_failures(path)
-    path.write_text('{"question": "q", "rationale": "Step 1: 1"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:1.*answer"):
-        s3.load_failures(path)
 
 
 # -----------------------------------------------------------------------------
