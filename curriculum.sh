@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The whole BRIDGE curriculum as one run: base -> stage 1 -> stage 2 -> stage 3, eval.py after each,
+# then one table (accuracy, 95% interval, mean generated tokens, seconds) in RUN/results.{json,md}.
+# Every command is echoed before it runs, so you can copy them and run them one by one.
+#
+#   bash curriculum.sh tiny                # the tiny world on a laptop CPU, no downloads (runs/tiny)
+#   bash curriculum.sh Qwen/Qwen2.5-3B     # the paper's setting on GSM8K, on a GPU (runs/Qwen2.5-3B)
+#
+# Environment: RUN (output folder), PRESET (tiny world size: `tiny`, the default, or `test`, the
+# test suite's smaller world), TEACHER_DATA (paper mode: `gsm8k`, the default, or a teacher JSONL
+# such as runs/teacher/r1.jsonl), GSM8K_TEST (paper mode eval data, default: ../shared's copy if
+# present, else the hub), STAGE1_ARGS / STAGE2_ARGS / STAGE3_ARGS / EVAL_ARGS (extra options
+# appended to those commands), PYTHON (default: python). A stage whose script is missing
+# is skipped with a note, and the next stage starts from the last checkpoint made.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+TARGET=${1:-tiny}
+PY=${PYTHON:-python}
+# On small virtual machines page faults are slow, and glibc hands big freed blocks straight back
+# to the kernel; keeping them makes the CPU runs markedly faster and changes no result.
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184}
+
+if [ "$TARGET" = tiny ]; then
+  RUN=${RUN:-runs/tiny}
+  WORLD=$RUN/world
+  TEACHER=$WORLD/teacher.jsonl
+  TEST=$WORLD/test.jsonl
+  BASE=$WORLD/base
+  PRESET=${PRESET:-tiny}   # PRESET=test: the test suite's smaller world, a smoke run of every step
+  # tiny-world settings (see tiny_world.py and the README): short runs, larger learning rates,
+  # and stage 2's length budget scaled to the world's short steps (world.json "suggested")
+  S1="--epochs 1 --batch-size 16 --grad-accum 2 --warmup-steps 5 --lr 1e-3 --save-every 0"
+  S2="--words-per-step WPS --group-size 4 --prompts-per-step 16 --max-steps 40 --lr 2e-4 --max-new-tokens 160 --save-every 0"
+  S3="--group-size 4 --prompts-per-step 16 --max-steps 30 --lr 2e-4 --max-new-tokens 160 --mine-max-new-tokens 160 --save-every 0"
+  EV="--batch-size 100 --max-new-tokens 256 --quiet"
+else
+  RUN=${RUN:-runs/$(basename "$TARGET")}
+  TEACHER=${TEACHER_DATA:-gsm8k}
+  SHARED_TEST=../shared/data/gsm8k/test.jsonl
+  TEST=${GSM8K_TEST:-$([ -f $SHARED_TEST ] && echo $SHARED_TEST || echo openai/gsm8k)}
+  BASE=$TARGET
+  # the authors' splits and settings (PAPER.md): stage 1 LoRA r=16 on rows 0-1999, 5 epochs;
+  # stage 2 on rows 2000-3999, G=2, KL 0.1, 3 epochs; stage 3 on failures among rows 2000+, 5 epochs
+  ROWS1=0:2000 ROWS2=2000:4000 ROWS3=2000:
+  S1="--lora-rank 16 --dtype bfloat16"
+  # (stages 2-3 fine-tune all weights in fp32 beside a frozen reference; gradient checkpointing
+  # keeps 3B under 80 GB, see `python benchmarks/gpu_memory.py`)
+  S2="--group-size 2 --beta 0.1 --lr 1e-5 --epochs 3 --max-new-tokens 256 --gradient-checkpointing"
+  S3="--group-size 2 --beta 0.1 --lr 1e-5 --epochs 5 --max-new-tokens 512 --attempts 1 --mine-temperature 0 --gradient-checkpointing"
+  EV="--batch-size 64"
+fi
+mkdir -p "$RUN"
+: > "$RUN/timings.tsv"
+
+# run NAME CMD...: echo the command, run it, append "NAME seconds" to RUN/timings.tsv
+run() {
+  local name=$1; shift
+  echo "+ $*"
+  local start=$EPOCHREALTIME
+  "$@"
+  echo "$name $(awk "BEGIN { print $EPOCHREALTIME - $start }")" >> "$RUN/timings.tsv"
+}
+
+evaluate() {  # evaluate STAGE CHECKPOINT
+  run "eval_$1" $PY eval.py --model "$2" --data "$TEST" --out "$RUN/eval/$1" $EV ${EVAL_ARGS:-}
+}
+
+# 0. the base model (tiny: build the world if it is missing)
+if [ "$TARGET" = tiny ]; then
+  run base $PY tiny_world.py --out "$WORLD" --preset "$PRESET"
+  # the world's own splits and stage-2 length budget (world.json "suggested", see tiny_world.py)
+  suggested() { $PY -c "import json; print(json.load(open('$WORLD/world.json'))['suggested']['$1'])"; }
+  ROWS1=$(suggested stage1_rows) ROWS2=$(suggested stage2_rows) ROWS3=$(suggested stage3_rows)
+  S2=${S2/WPS/$(suggested stage2_words_per_step)}
+fi
+evaluate base "$BASE"
+LAST=$BASE
+
+# 1-3. each stage starts from the previous stage's checkpoint
+if [ -f stage1_reconstruct.py ]; then
+  run stage1 $PY stage1_reconstruct.py --model "$LAST" --teacher-data "$TEACHER" --rows $ROWS1 --out "$RUN/stage1" $S1 ${STAGE1_ARGS:-}
+  LAST=$RUN/stage1; evaluate stage1 "$LAST"
+else
+  echo "note: stage1_reconstruct.py is missing; skipping stage 1"
+fi
+if [ -f stage2_grpo.py ]; then
+  run stage2 $PY stage2_grpo.py --model "$LAST" --teacher-data "$TEACHER" --rows $ROWS2 --out "$RUN/stage2" $S2 ${STAGE2_ARGS:-}
+  LAST=$RUN/stage2; evaluate stage2 "$LAST"
+else
+  echo "note: stage2_grpo.py is missing; skipping stage 2"
+fi
+if [ -f stage3_rewrite.py ]; then
+  run stage3 $PY stage3_rewrite.py --model "$LAST" --teacher-data "$TEACHER" --rows $ROWS3 --out "$RUN/stage3" $S3 ${STAGE3_ARGS:-}
+  LAST=$RUN/stage3; evaluate stage3 "$LAST"
+else
+  echo "note: stage3_rewrite.py is missing; skipping stage 3"
+fi
+
+echo "+ $PY tiny_world.py table $RUN"
+$PY tiny_world.py table "$RUN"
