@@ -363,9 +363,10 @@ def main(argv=None) -> dict:
     model = summary.pop("model")
     summary.update(failures=len(failures), failures_path=str(source or mined_path))
 
-    # 3. every process reports its final weights: under torchrun they must be identical
-    summary["weights_sha256"] = weights_checksum(model)
+    # 3. under torchrun every process reports its final weights, which must be identical (one
+    #    process has nothing to compare, so it skips hashing the whole model)
     if dist.enabled:
+        summary["weights_sha256"] = weights_checksum(model)
         print(f"stage 3 rank {dist.rank}: weights sha256 {summary['weights_sha256']}", flush=True)
         if len(set(dist.gather(summary["weights_sha256"]))) != 1:
             raise RuntimeError("stage 3: the processes ended with different weights")

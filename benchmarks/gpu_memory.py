@@ -29,37 +29,42 @@ own forward activations (no gradients: one layer at a time, small). Add ~20% hea
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "configs"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "configs"
 GB = 1024 ** 3
 
 
 def parameter_count(c: dict) -> int:
-    """Qwen2.5: embeddings (+ an untied head), per layer q/k/v with biases, o, gate/up/down, two norms."""
-    h, i, v, layers = c["hidden_size"], c["intermediate_size"], c["vocab_size"], c["num_hidden_layers"]
-    kv = c["num_key_value_heads"] * (h // c["num_attention_heads"])
-    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
-    return v * h * (1 if c.get("tie_word_embeddings", False) else 2) + layers * per_layer + h
+    """model.py's Qwen2 built on the meta device (no memory): the architecture is known in one place."""
+    import torch
+    from model import Qwen2, Qwen2Config
+    with torch.device("meta"):
+        return Qwen2(Qwen2Config.from_dict(c)).num_parameters()
+
+
+def kv_width(c: dict) -> int:
+    """Width of the key (or value) projection: kv_heads * head_dim."""
+    return c["num_key_value_heads"] * (c["hidden_size"] // c["num_attention_heads"])
 
 
 def activation_bytes_per_token(c: dict, checkpointing: bool) -> float:
-    h, i, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    kv = c["num_key_value_heads"] * (h // c["num_attention_heads"])
+    h, i, layers, kv = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], kv_width(c)
     full_layer = 20 * h + 6 * kv + 8 * i
     return layers * 4 * h + full_layer if checkpointing else layers * full_layer
 
 
 def lora_parameters(c: dict, rank: int) -> int:
     """rank * (in + out) for q, k, v and o in every layer."""
-    h = c["hidden_size"]
-    kv = c["num_key_value_heads"] * (h // c["num_attention_heads"])
+    h, kv = c["hidden_size"], kv_width(c)
     return c["num_hidden_layers"] * rank * ((h + h) + 2 * (h + kv) + (h + h))
 
 
 def kv_cache_bytes(c: dict, rows: int, length: int, dtype_bytes: int) -> int:
-    kv = c["num_key_value_heads"] * (c["hidden_size"] // c["num_attention_heads"])
-    return rows * length * 2 * c["num_hidden_layers"] * kv * dtype_bytes
+    return rows * length * 2 * c["num_hidden_layers"] * kv_width(c) * dtype_bytes
 
 
 def stage_rows(c: dict, args) -> list[tuple[str, dict]]:
