@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 import distributed
-from eval import build_prompt as eval_prompt, extract_answer, is_correct, should_stop, write_atomic
+from eval import NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop, write_atomic
 from model import Qwen2, add_lora, generate, has_lora, load_tokenizer, lora_disabled, token_logprobs
 
 # -----------------------------------------------------------------------------
@@ -68,18 +68,33 @@ def num_masked(n: int) -> int:
     return min(max(3, n // 2), n - 1)
 
 
-def mask_steps(steps: Sequence[str], rng: random.Random) -> tuple[list[str], list[int]]:
-    """The steps in their original order with num_masked(n) random ones replaced by MASK."""
-    hidden = sorted(rng.sample(range(len(steps)), num_masked(len(steps))))
+def states_answer(step: str, answer: str) -> bool:
+    """Whether the step writes the gold answer as one of its numbers (compared as eval.py does)."""
+    return any(is_correct(number.replace(",", ""), answer) for number in NUMBER.findall(step.replace("$", "")))
+
+
+def mask_steps(steps: Sequence[str], rng: random.Random, answer: str | None = None) -> tuple[list[str], list[int]]:
+    """The steps in their original order with num_masked(n) random ones replaced by MASK.
+
+    With `answer` (--mask-answer-steps), every step that states the gold answer is hidden first
+    and the rest of the k are drawn at random (still at most n-1 hidden). Why: a teacher's last
+    steps usually state the answer, so with random masks the prompt often gives it away, and a
+    reward that pays a right answer in one short step pays the student for copying it rather
+    than for reasoning (on the tiny world the policy collapses to `Answer: N` within tens of
+    steps). The paper masks at random, which stays the default."""
+    n, k = len(steps), num_masked(len(steps))
+    forced = [i for i, s in enumerate(steps) if states_answer(s, answer)][:n - 1] if answer is not None and k else []
+    rest = [i for i in range(n) if i not in forced]
+    hidden = sorted(forced + rng.sample(rest, max(0, k - len(forced))))
     shown = [MASK if i in hidden else step for i, step in enumerate(steps)]
     return shown, hidden
 
 
-def build_masked_prompt(example, rng: random.Random) -> str:
+def build_masked_prompt(example, rng: random.Random, mask_answer_steps: bool = False) -> str:
     """The evaluation prompt (eval.py) with the partly masked teacher steps as hints before
     `Reasoning:`. Keeping eval's frame means what the student learns here is what it is
     measured on; the completion itself is written from scratch (it never sees the gold text)."""
-    shown, _ = mask_steps(example.steps, rng)
+    shown, _ = mask_steps(example.steps, rng, str(example.answer) if mask_answer_steps else None)
     hints = "\n".join(f"Step {i}: {step}" for i, step in enumerate(shown, 1))
     # eval's prompt ends with the answer-format line and `Reasoning:`; the hints go before them
     head, answer_format, reasoning = eval_prompt(example.question).rsplit("\n", 2)
@@ -429,6 +444,17 @@ def save_final(model, out: Path):
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def weights_checksum(model) -> str:
+    """sha256 of the weights as save_pretrained writes them (LoRA merged), in name order."""
+    import hashlib
+    from model import merged_state_dict
+    digest = hashlib.sha256()
+    for name, tensor in sorted(merged_state_dict(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -660,6 +686,14 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         save_final(model, out)
     dist.barrier()
     summary = {"steps": max_steps, "out": str(out)}
+    # under torchrun every process must end with the same weights (the one checkpoint rank 0
+    # wrote); a mismatch means the gradients were not averaged and the run is wrong, so say so
+    # (one process has nothing to compare and skips hashing the whole model)
+    if dist.enabled:
+        summary["weights_sha256"] = weights_checksum(model)
+        print(f"{desc} rank {dist.rank}: weights sha256 {summary['weights_sha256']}", flush=True)
+        if len(set(dist.gather(summary["weights_sha256"]))) != 1:
+            raise RuntimeError(f"{desc}: the processes ended with different weights")
     if history:
         first, last = history[0], history[-1]
         summary.update(first_reward=first["reward"], last_reward=last["reward"],
@@ -696,6 +730,9 @@ def main(argv=None) -> dict:
     g.add_argument("--reward", default="paper", choices=sorted(REWARDS))
     g.add_argument("--words-per-step", type=float, default=35.0, help="paper reward: B = this * teacher steps")
     g.add_argument("--overlong-buffer", type=int, default=64, help="overlong reward: tokens before the limit where the penalty starts")
+    g.add_argument("--mask-answer-steps", action="store_true",
+                   help="always mask the teacher steps that state the gold answer, so the prompt never gives "
+                        "it away (the paper masks at random; see mask_steps)")
     args = parser.parse_args(argv)
 
     from teacher import load_teacher_data
@@ -705,7 +742,10 @@ def main(argv=None) -> dict:
     def reward_fn(text, example, **info):
         return REWARDS[args.reward](text, example, **options.get(args.reward, {}), **info)
 
-    summary = train_grpo(GRPOConfig.from_args(args), examples, build_masked_prompt, reward_fn, desc="stage2")
+    def prompt_fn(example, rng):
+        return build_masked_prompt(example, rng, mask_answer_steps=args.mask_answer_steps)
+
+    summary = train_grpo(GRPOConfig.from_args(args), examples, prompt_fn, reward_fn, desc="stage2")
     if "last_reward" in summary:
         print(f"stage 2: {summary['steps']} steps, mean reward {summary['first_reward']:.3f} -> "
               f"{summary['last_reward']:.3f}, completion tokens {summary['first_tokens']:.1f} -> "

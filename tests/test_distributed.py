@@ -84,7 +84,7 @@ def test_stage3_under_torchrun_two_processes(tiny_world, tmp_path):
     weights; rank 0 alone writes the one checkpoint, which holds exactly those weights."""
     from eval import evaluate, load_gsm8k
     from model import Qwen2, load_tokenizer
-    import stage3_rewrite as s3
+    import stage2_grpo as s2
 
     out = tmp_path / "stage3"
     rows = (200, 232)
@@ -109,12 +109,12 @@ def test_stage3_under_torchrun_two_processes(tiny_world, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     # 1. the two ranks' weights are identical, and equal to the one checkpoint rank 0 wrote
-    sums = dict(re.findall(r"stage 3 rank (\d): weights sha256 ([0-9a-f]{64})", run.stdout))
+    sums = dict(re.findall(r"stage3 rank (\d): weights sha256 ([0-9a-f]{64})", run.stdout))
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], run.stdout[-2000:]
     saved = Qwen2.from_pretrained(out)
-    assert s3.weights_checksum(saved) == sums["0"]
+    assert s2.weights_checksum(saved) == sums["0"]
     base = Qwen2.from_pretrained(tiny_world.base_model)
-    assert s3.weights_checksum(base) != sums["0"]           # it did train
+    assert s2.weights_checksum(base) != sums["0"]           # it did train
     assert not list(out.glob("checkpoint-*")) and not list(tmp_path.glob(".stage3*"))
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]               # one writer, one line per step
