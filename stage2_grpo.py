@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -53,7 +54,8 @@ import torch
 
 import distributed
 from eval import NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop, write_atomic
-from model import Qwen2, add_lora, generate, has_lora, load_tokenizer, lora_disabled, token_logprobs
+from model import (Qwen2, add_lora, generate, has_lora, load_tokenizer, lora_disabled, merged_state_dict,
+                   token_logprobs)
 
 # -----------------------------------------------------------------------------
 # 1. Masked-completion prompts
@@ -70,7 +72,7 @@ def num_masked(n: int) -> int:
 
 def states_answer(step: str, answer: str) -> bool:
     """Whether the step writes the gold answer as one of its numbers (compared as eval.py does)."""
-    return any(is_correct(number.replace(",", ""), answer) for number in NUMBER.findall(step.replace("$", "")))
+    return any(is_correct(number, answer) for number in NUMBER.findall(step.replace("$", "")))
 
 
 def mask_steps(steps: Sequence[str], rng: random.Random, answer: str | None = None) -> tuple[list[str], list[int]]:
@@ -446,8 +448,6 @@ def save_final(model, out: Path):
 
 def weights_checksum(model) -> str:
     """sha256 of the weights as save_pretrained writes them (LoRA merged), in name order."""
-    import hashlib
-    from model import merged_state_dict
     digest = hashlib.sha256()
     for name, tensor in sorted(merged_state_dict(model).items()):
         digest.update(name.encode())
