@@ -19,7 +19,9 @@ wants written after it; we also end the prompt with the eval prompt's last line,
 (the authors end with "the correct, complete reasoning:"), so both prompts hand over to the
 answer at the same words. What transfers is the format and the habit of finishing with the
 answer and EOS. `--plain-ratio R` (off by default, to stay faithful) adds R plain pairs per
-reconstruction example, eval prompt -> teacher rationale, for when that transfer is too weak.
+reconstruction example, eval prompt -> teacher rationale, for when that transfer is too weak;
+`--task plain` trains on those pairs alone: standard distillation (SFT), the baseline the paper
+compares BRIDGE with (curriculum.sh's `sft` row).
 
 The loop: examples are made afresh each epoch (a new mask and a new order, from the seed);
 batches are padded, the loss is the mean cross-entropy over all target tokens of the optimizer
@@ -166,10 +168,14 @@ class Stream:
     plain pairs); position j of the endless stream is item j % len(epoch) of epoch j // len(epoch).
     Each item's mask and order come from its own seeded generator."""
 
-    def __init__(self, examples: list[teacher.TeacherExample], seed: int, mask_prob: float, plain_ratio: float):
+    def __init__(self, examples: list[teacher.TeacherExample], seed: int, mask_prob: float, plain_ratio: float,
+                 task: str = "reconstruct"):
         self.examples, self.seed, self.mask_prob = examples, seed, mask_prob
-        plain = random.Random(f"{seed}:plain").sample(range(len(examples)), round(plain_ratio * len(examples)))
-        self.items = [(i, False) for i in range(len(examples))] + [(i, True) for i in sorted(plain)]
+        if task == "plain":  # the standard-distillation baseline: plain pairs only
+            self.items = [(i, True) for i in range(len(examples))]
+        else:
+            plain = random.Random(f"{seed}:plain").sample(range(len(examples)), round(plain_ratio * len(examples)))
+            self.items = [(i, False) for i in range(len(examples))] + [(i, True) for i in sorted(plain)]
         self._epoch, self._order = -1, self.items
 
     def __len__(self) -> int:
@@ -199,7 +205,7 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 # -----------------------------------------------------------------------------
 # 3. Checkpoints: weights by save_pretrained, the rest (optimizer, RNG, LoRA adapters) beside them
 
-RESUME_KEYS = ("teacher_data", "rows", "seed", "batch_size", "grad_accum", "mask_prob", "plain_ratio",
+RESUME_KEYS = ("teacher_data", "rows", "seed", "batch_size", "grad_accum", "task", "mask_prob", "plain_ratio",
                "epochs", "max_steps", "lr", "warmup_steps", "lora_rank", "lora_alpha", "max_length")
 
 
@@ -265,6 +271,9 @@ def parse_args(argv=None):
     p.add_argument("--mask-prob", type=float, default=0.7, help="probability that one step is masked")
     p.add_argument("--plain-ratio", type=float, default=0.0,
                    help="plain eval-prompt -> rationale pairs per reconstruction example (0 = the paper)")
+    p.add_argument("--task", default="reconstruct", choices=["reconstruct", "plain"],
+                   help="reconstruct: BRIDGE's stage 1; plain: eval prompt -> teacher rationale only, i.e. "
+                        "standard distillation (SFT), the baseline the paper compares against")
     p.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning; the authors used 16")
     p.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale alpha / rank")
     p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
@@ -297,7 +306,7 @@ def main(argv=None) -> dict:
 
     # 1. teacher data and the example stream
     examples = teacher.load_from_args(args, quiet=not dist_ctx.is_main)
-    stream = Stream(examples, args.seed, args.mask_prob, args.plain_ratio)
+    stream = Stream(examples, args.seed, args.mask_prob, args.plain_ratio, args.task)
     per_step = args.batch_size * args.grad_accum
     total_steps = args.max_steps or math.ceil(args.epochs * len(stream) / per_step)
 

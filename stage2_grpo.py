@@ -24,6 +24,8 @@ difference of sequence-mean log-probs as its "KL". We implement the algorithm as
   5. aggregation      "seq-mean": mean over each completion's tokens, then over completions
                       (the original GRPO); "token-mean": one mean over every token of the batch
                       (Dr. GRPO / DAPO: long completions are not down-weighted per token)
+`--prompt plain` runs the same loop on eval.py's prompt alone: GRPO without a curriculum, the
+baseline BRIDGE is compared with (curriculum.sh's `grpo` row).
 Stage 3 (stage3_rewrite.py) imports this machinery rather than repeating it: GRPOConfig and
 add_grpo_arguments for the shared options, and train_grpo(config, examples, build_prompt,
 reward_fn), which only needs a prompt builder and a reward.
@@ -102,6 +104,16 @@ def build_masked_prompt(example, rng: random.Random, mask_answer_steps: bool = F
     head, answer_format, reasoning = eval_prompt(example.question).rsplit("\n", 2)
     return (f"{head}\nSome steps of a solution, in order; each {MASK} step is missing:\n{hints}\n"
             f"Write the complete solution.\n{answer_format}\n{reasoning}")
+
+
+def prompt_builder(kind: str = "masked", mask_answer_steps: bool = False) -> Callable[[Any, random.Random], str]:
+    """train_grpo's prompt builder for --prompt: `masked` (BRIDGE's stage 2) or `plain`
+    (eval.py's prompt alone: GRPO without a curriculum, the baseline the paper compares to)."""
+    if kind == "plain":
+        return lambda example, rng: eval_prompt(example.question)
+    if kind == "masked":
+        return lambda example, rng: build_masked_prompt(example, rng, mask_answer_steps=mask_answer_steps)
+    raise ValueError(f"--prompt {kind!r}: expected masked or plain")
 
 
 # -----------------------------------------------------------------------------
@@ -733,6 +745,9 @@ def main(argv=None) -> dict:
     g.add_argument("--mask-answer-steps", action="store_true",
                    help="always mask the teacher steps that state the gold answer, so the prompt never gives "
                         "it away (the paper masks at random; see mask_steps)")
+    g.add_argument("--prompt", default="masked", choices=["masked", "plain"],
+                   help="masked: the question with the teacher's steps, some masked (BRIDGE); plain: eval.py's "
+                        "prompt alone, i.e. GRPO without a curriculum (a baseline)")
     args = parser.parse_args(argv)
 
     from teacher import load_teacher_data
@@ -742,9 +757,7 @@ def main(argv=None) -> dict:
     def reward_fn(text, example, **info):
         return REWARDS[args.reward](text, example, **options.get(args.reward, {}), **info)
 
-    def prompt_fn(example, rng):
-        return build_masked_prompt(example, rng, mask_answer_steps=args.mask_answer_steps)
-
+    prompt_fn = prompt_builder(args.prompt, args.mask_answer_steps)
     summary = train_grpo(GRPOConfig.from_args(args), examples, prompt_fn, reward_fn, desc="stage2")
     if "last_reward" in summary:
         print(f"stage 2: {summary['steps']} steps, mean reward {summary['first_reward']:.3f} -> "

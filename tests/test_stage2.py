@@ -10,7 +10,7 @@ import torch
 
 import stage2_grpo as s2
 from conftest import BRIDGE_STAGE3
-from eval import extract_answer, is_correct
+from eval import build_prompt, extract_answer, is_correct
 from teacher import TeacherExample, load_teacher_data
 
 
@@ -60,6 +60,15 @@ def test_masked_prompts_hide_the_masked_steps_of_real_rationales():
             assert visible or step not in prompt, (index, step)
         assert ex.rationale not in prompt
         assert prompt.startswith("Solve this math problem") and prompt.endswith("Reasoning:")
+
+
+def test_prompt_builder_masked_or_plain():
+    ex = TeacherExample("How many apples does Mia have?", "10", "", ["a 4", "b 7", "c 5", "d 10"])
+    masked = s2.prompt_builder("masked")(ex, random.Random(3))
+    assert masked == s2.build_masked_prompt(ex, random.Random(3)) and s2.MASK in masked
+    assert s2.prompt_builder("plain")(ex, random.Random(3)) == build_prompt(ex.question)  # the GRPO-alone baseline
+    with pytest.raises(ValueError, match="--prompt"):
+        s2.prompt_builder("hinted")
 
 
 def test_mask_answer_steps_never_shows_the_answer():
