@@ -1,16 +1,30 @@
 """
-The tiny world: the whole BRIDGE curriculum on a laptop CPU in minutes, with no downloads.
+The tiny world: the whole BRIDGE curriculum on a laptop CPU, with no downloads.
 
 Real runs need Qwen2.5 weights and a GPU. This file builds a miniature of the paper's setting in
 which every script runs unchanged: grade-school word problems over small integers (2-4 steps of
 add, subtract, multiply, share equally), a byte-level BPE tokenizer trained on them, and a
-Qwen2.5-architecture "base model" (model.py, a small config) pre-trained for a few minutes with
-plain next-token loss. Like the real base model it answers the eval prompt zero-shot, with
-partial accuracy and long rambling rationales, because its pre-training solutions ramble (they
-restate every fact and re-check every sum) and are sometimes wrong. The "teacher" rationales are
-always right and less rambling (they restate the facts and repeat each result, about 5-8 steps,
-like the R1-distilled teacher's), and a concise 2-4 step rationale exists in the generator for
-comparison. The curriculum's job is then the paper's: more right answers, fewer tokens.
+Qwen2.5-architecture "base model" (model.py, a small config) pre-trained with plain next-token
+loss. What makes it a miniature of the paper and not just a small dataset:
+
+- The base model has read every prompt the curriculum will show it. Qwen2.5 base follows the
+  eval prompt, stage 1's shuffled steps, stage 2's hinted steps and stage 3's rewriting request
+  because its pre-training was broad; a tiny model follows only what it was shown. So its
+  pre-training documents are the four prompt forms (FORMS, each built by the stage's own code),
+  and world.json records how the base does under each (the curriculum needs reward spread in
+  every form it trains on).
+- The base model errs the way a base model does, systematically. Most of its pre-training
+  solutions ramble (they restate every fact and sometimes re-check a sum; a quarter are laid out
+  like the teacher's, as a real base model has read tidy solutions too, and prefers none), slip
+  on arithmetic now and then, and misread two misleading sentences most of the time
+  (MISLEADING: "sells" read as a purchase, "after a trade ... N times as many" read as N more),
+  unless the prompt shows that step worked out. Greedy decoding reproduces the misreading, so
+  the ~40% of held-out questions with such a sentence start out wrong for a reason the
+  teacher's rationales can fix.
+- The "teacher" rationales are always right and less rambling (they restate the facts and
+  repeat each result, about 5-7 steps, like the R1-distilled teacher's); a concise 2-3 step
+  rationale exists in the generator for comparison. The curriculum's job is then the paper's:
+  more right answers, fewer tokens.
 
 What a world folder holds (every file is rebuilt from the seed; nothing here is committed):
     train.jsonl     GSM8K-format training questions ({"question", "answer": "... #### N"})
@@ -21,7 +35,7 @@ What a world folder holds (every file is rebuilt from the seed; nothing here is 
     base/           the pre-trained base checkpoint (loads with Qwen2.from_pretrained)
     world.json      the preset, the seed, sizes, timing and the settings the stages should use here
 
-    python tiny_world.py --out runs/tiny/world --preset tiny      # ~5 min on 2 CPU cores
+    python tiny_world.py --out runs/tiny/world --preset tiny      # ~7 min on 2 CPU cores
     python tiny_world.py table runs/tiny                          # the curriculum's results table
 """
 from __future__ import annotations
@@ -56,18 +70,25 @@ class Preset:
     base_steps: int           # optimizer steps of base pre-training
     batch_size: int
     lr: float
-    error_rate: float = 0.25  # share of pre-training solutions with one wrong calculation
+    error_rate: float = 0.1   # share of pre-training solutions with one slip of arithmetic
+    misread_rate: float = 0.75  # how often the pre-training author misreads a misleading sentence
+    structured_rate: float = 0.25  # pre-training solutions laid out like the teacher's, not rambling
     max_value: int = 99       # every number in a problem, intermediate results included
+    # the base's pre-training mixture: which prompt each solution follows (see FORMS)
+    form_shares: tuple = (0.4, 0.2, 0.2, 0.2)
+    n_form_probe: int = 200   # held-out problems on which world.json reports the base under each form
+    bf16: bool = True         # bf16 autocast for pre-training where the CPU has bf16 matmuls
 
 
 PRESETS = {
-    # for the test suite: a few minutes on 2 cores, a base that is right some of the time (numbers
-    # up to 20, so that a model this small learns some of the arithmetic in 200 steps)
-    "test": Preset(n_train=400, n_test=200, min_ops=2, max_ops=3, vocab_size=768, hidden=128,
-                   layers=2, heads=4, kv_heads=2, base_steps=320, batch_size=16, lr=3e-3, max_value=20),
-    # for `bash curriculum.sh tiny`: the base takes about 5 of the run's 15 minutes
-    "tiny": Preset(n_train=4000, n_test=500, min_ops=2, max_ops=4, vocab_size=1024, hidden=192,
-                   layers=4, heads=6, kv_heads=2, base_steps=900, batch_size=32, lr=3e-3),
+    # for the test suite: about a minute on 2 cores, a base that is right some of the time (2
+    # operations on numbers up to 20, misread half the time, so a model this small gets ~10%)
+    "test": Preset(n_train=400, n_test=200, min_ops=2, max_ops=2, vocab_size=768, hidden=128,
+                   layers=2, heads=4, kv_heads=2, base_steps=320, batch_size=16, lr=3e-3, max_value=20,
+                   misread_rate=0.5, n_form_probe=100),
+    # for `bash curriculum.sh tiny`: the base takes about 7 of the run's 15 minutes
+    "tiny": Preset(n_train=4000, n_test=500, min_ops=2, max_ops=3, vocab_size=1024, hidden=192,
+                   layers=4, heads=6, kv_heads=2, base_steps=700, batch_size=32, lr=3e-3, max_value=20),
 }
 
 
@@ -179,24 +200,51 @@ def concise_steps(p: Problem) -> list[str]:
     return [f"{calc(s)}." for s in p.steps]
 
 
-def base_solution_steps(rng: random.Random, p: Problem, error_rate: float) -> tuple[list[str], int]:
-    """The imperfect, rambling pre-training solution: it restates every fact of the question
-    first, computes each operation, often re-checks a sum, and with probability error_rate
-    gets one calculation wrong (and carries the error to the end). Returns (steps, its answer)."""
+# Two sentences of the question mislead the base model's pre-training author, who reads "sells"
+# as a purchase and "after a trade ... times as many" as that many more: an addition either way.
+# The author misreads them most of the time (misread_rate), so a model trained on that text
+# misreads them too under greedy decoding, and gets the right reading only when it samples.
+# The teacher never misreads, and neither does the author when a hint in the prompt shows the
+# step worked out. This is the world's systematic error for the curriculum to fix (the real base
+# model's are dropped steps, lost quantities and misread relations in long rambling answers).
+MISLEADING = {"sub": " sells ", "mul": "After a trade"}
+
+
+def misleads(s: Step) -> bool:
+    return s.op in MISLEADING and MISLEADING[s.op] in s.fact
+
+
+def base_solution_steps(rng: random.Random, p: Problem, error_rate: float, misread_rate: float = 0.0,
+                        known: frozenset[int] = frozenset(), structured: bool = False) -> tuple[list[str], int]:
+    """An imperfect pre-training solution. Rambling (the default): it restates every fact of the
+    question first, computes each operation, sometimes re-checks a sum. Structured: the
+    teacher's layout (goal, start, one step per operation, result). Either way it misreads a
+    misleading sentence with probability misread_rate (unless operation i is in `known`, worked
+    out in the prompt) and with probability error_rate slips on one calculation; errors carry
+    to the end. Returns (steps, its answer)."""
     she = p.pronoun.capitalize()
-    out = [f"The question says {p.name} has {p.start} {p.item}."]
-    out += [f"The question also says: {s.fact}" for s in p.steps if rng.random() < 0.5]
-    out.append(f"We need to find how many {p.item} {p.name} has now.")
+    if structured:
+        out = [f"We need to find how many {p.item} {p.name} has now.", f"{p.name} starts with {p.start} {p.item}."]
+    else:
+        out = [f"The question says {p.name} has {p.start} {p.item}."]
+        out += [f"The question also says: {s.fact}" for s in p.steps]
+        out.append(f"We need to find how many {p.item} {p.name} has now.")
     wrong_at = rng.randrange(len(p.steps)) if rng.random() < error_rate else -1
     x = p.start
     for i, s in enumerate(p.steps):
-        result = apply(s.op, x, s.operand)
+        op = "add" if misleads(s) and i not in known and rng.random() < misread_rate else s.op
+        result = apply(op, x, s.operand)
         if i == wrong_at:
             result = max(0, result + rng.choice([-2, -1, 1, 2]))
-        shown = Step(s.op, s.operand, x, result, s.fact)
-        out.append(f"{s.fact} So {calc(shown)}.")
-        if rng.random() < 0.5:
-            out.append(f"Let me check: {calc(shown)}. Yes, {she.lower()} has {result} {p.item}.")
+        shown = Step(op, s.operand, x, result, s.fact)
+        if structured:
+            out.append(f"{s.fact} So {calc(shown)} {p.item}.")
+            if rng.random() < 0.2 and s is not p.steps[-1]:
+                out.append(f"Now {p.name} has {result} {p.item}.")
+        else:
+            out.append(f"{s.fact} So {calc(shown)}.")
+            if rng.random() < 0.3:
+                out.append(f"Let me check: {calc(shown)}. Yes, {she.lower()} has {result} {p.item}.")
         x = result
     out.append(f"So {p.name} has {x} {p.item} now.")
     return out, x
@@ -235,10 +283,52 @@ def teacher_record(rng: random.Random, p: Problem) -> dict:
             "steps": steps}
 
 
-def base_completion(rng: random.Random, p: Problem, error_rate: float) -> str:
-    """What follows the eval prompt's `Reasoning:` in the pre-training text (EOS is appended as a token)."""
-    steps, answer = base_solution_steps(rng, p, error_rate)
+def base_completion(rng: random.Random, p: Problem, preset: Preset, known: frozenset[int] = frozenset()) -> str:
+    """What follows a prompt's last line in the pre-training text (EOS is appended as a token)."""
+    structured = rng.random() < preset.structured_rate
+    steps, answer = base_solution_steps(rng, p, preset.error_rate, preset.misread_rate, known, structured)
     return "\n" + format_steps(steps, answer, final=rng.choice(["Answer", "Final Answer"]))
+
+
+# The prompt forms of the curriculum, each built by the stage's own code, so the base model has
+# read every prompt it will be trained on (a real base model has read text of every shape; a
+# tiny one reads only what it was shown, and a prompt it never saw gets near-random answers):
+#   plain        eval.py's prompt (also the SFT baseline's and GRPO-alone's)
+#   reconstruct  stage 1: the teacher's steps shuffled, one maybe masked
+#   hinted       stage 2: the teacher's steps in order, k of them masked
+#   rewrite      stage 3: the teacher's whole rationale, to be rewritten shorter
+# The completion is always the author's rambling solution: it uses the steps a prompt shows
+# (no misreading there) but never gets shorter or tidier because a prompt asks it to.
+FORMS = ("plain", "reconstruct", "hinted", "rewrite")
+
+
+def form_prompt(form: str, p: Problem, teacher: dict, rng: random.Random) -> tuple[str, frozenset[int]]:
+    """(prompt, indices of the operations whose step the prompt shows worked out)."""
+    from eval import build_prompt
+    from teacher import TeacherExample
+    ex = TeacherExample(teacher["question"], teacher["answer"], teacher["rationale"], teacher["steps"])
+    if form == "plain":
+        prompt = build_prompt(p.question)
+    elif form == "reconstruct":
+        from stage1_reconstruct import reconstruction_example
+        prompt = reconstruction_example(ex, rng, mask_prob=0.7).prompt
+    elif form == "hinted":
+        from stage2_grpo import build_masked_prompt
+        prompt = build_masked_prompt(ex, rng)
+    elif form == "rewrite":
+        from stage3_rewrite import build_rewrite_prompt
+        prompt = build_rewrite_prompt(ex.question, ex.rationale)
+    else:
+        raise ValueError(f"unknown prompt form {form!r}; expected one of {', '.join(FORMS)}")
+    known = frozenset(i for i, s in enumerate(p.steps) if f"So {calc(s)} {p.item}." in prompt)
+    return prompt, known
+
+
+def pretraining_text(rng: random.Random, p: Problem, preset: Preset) -> tuple[str, str, str]:
+    """(form, prompt, completion) of one pre-training document: a form drawn by form_shares."""
+    form = rng.choices(FORMS, weights=preset.form_shares)[0]
+    prompt, known = form_prompt(form, p, teacher_record(rng, p), rng)
+    return form, prompt, base_completion(rng, p, preset, known)
 
 
 def write_jsonl(path: Path, records: list[dict]):
@@ -291,19 +381,19 @@ def model_config(preset: Preset, vocab_size: int, eos_id: int) -> dict:
             "initializer_range": 0.02, "torch_dtype": "float32"}
 
 
-def pretrain_base(preset: Preset, problems: list[Problem], rng: random.Random, tokenizer_dir: Path,
-                  out_dir: Path, seed: int, device: str = "cpu", progress: bool = True) -> dict:
-    """One pass over `problems` (batch_size per step), loss on the solution tokens only: the
-    prompt is the same instruction every time, and the eval never asks the model to write one."""
+def pretrain_base(preset: Preset, documents: list[tuple[str, str]], tokenizer_dir: Path, out_dir: Path,
+                  seed: int, device: str = "cpu", progress: bool = True) -> dict:
+    """One pass over the (prompt, completion) documents (batch_size per step), loss on the
+    completion tokens only: the model learns to answer prompts, never to write them."""
     import torch
     from tqdm import tqdm
-    from eval import build_prompt, write_atomic
+    from eval import write_atomic
     from model import Qwen2, Qwen2Config, load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
-    prompts = tok.encode_batch([build_prompt(p.question) for p in problems])
-    # prompt and solution are encoded apart, exactly as eval.py encodes the prompt and then generates
-    solutions = tok.encode_batch([base_completion(rng, p, preset.error_rate) for p in problems])
+    # prompt and completion are encoded apart, exactly as eval.py encodes the prompt and then generates
+    prompts = tok.encode_batch([prompt for prompt, _ in documents])
+    solutions = tok.encode_batch([completion for _, completion in documents])
     config = Qwen2Config.from_dict(model_config(preset, tok.vocab_size, tok.eos_token_id))
     torch.manual_seed(seed)
     model = Qwen2(config).init_weights(seed).to(device).train()
@@ -319,12 +409,14 @@ def pretrain_base(preset: Preset, problems: list[Problem], rng: random.Random, t
         progress_ = (step - warmup) / max(1, preset.base_steps - warmup)
         return preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
 
+    bf16 = preset.bf16 and device == "cpu" and cpu_has_bf16()
+    batches = length_buckets([len(p) + len(s) for p, s in zip(prompts, solutions)], preset.batch_size, seed)
     metrics = []
     start = time.time()
     bar = tqdm(range(preset.base_steps), desc="base pre-training", disable=not progress, dynamic_ncols=True)
     for step in bar:
         # 1. a batch of prompt + solution + EOS, right-padded; targets only on the solution
-        rows = range(step * preset.batch_size, (step + 1) * preset.batch_size)
+        rows = batches[step]
         seqs = [prompts[i] + solutions[i] + [tok.eos_token_id] for i in rows]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
@@ -335,9 +427,11 @@ def pretrain_base(preset: Preset, problems: list[Problem], rng: random.Random, t
             mask[b, :len(s)] = True
             targets[b, len(prompts[i]) - 1:len(s) - 1] = torch.tensor(s[len(prompts[i]):])
         ids, targets, mask = ids.to(device), targets.to(device), mask.to(device)
-        # 2. next-token cross-entropy
-        logits = model(ids, attention_mask=mask)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        # 2. next-token cross-entropy (matmuls in bf16 where the CPU has them: ~1.3x faster here,
+        # the weights, the optimizer and the loss stay fp32)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(ids, attention_mask=mask)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         # 3. step
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -352,8 +446,60 @@ def pretrain_base(preset: Preset, problems: list[Problem], rng: random.Random, t
     model.eval()
     model.save_pretrained(out_dir, tokenizer_dir=tokenizer_dir)
     write_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
-    return {"parameters": model.num_parameters(), "final_loss": metrics[-1]["loss"],
+    return {"parameters": model.num_parameters(), "final_loss": metrics[-1]["loss"], "bf16_autocast": bf16,
             "seconds": round(time.time() - start, 1)}
+
+
+def length_buckets(lengths: list[int], batch_size: int, seed: int, window: int = 16) -> list[list[int]]:
+    """Batches of document indices with similar lengths, in random order. The prompt forms
+    differ in length by 2x, and a batch is as wide as its longest row: sorting each window of
+    `window` batches by length before cutting it into batches halves the padding computed."""
+    order = list(range(len(lengths)))
+    random.Random(f"{seed}:batches").shuffle(order)
+    batches = []
+    for lo in range(0, len(order), window * batch_size):
+        chunk = sorted(order[lo:lo + window * batch_size], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    random.Random(f"{seed}:batch-order").shuffle(batches)
+    return batches
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX); elsewhere bf16
+    autocast is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def measure_forms(model_dir: Path, problems: list[Problem], seed: int, max_new_tokens: int = 256,
+                  batch_size: int = 100) -> dict:
+    """The base model under every prompt form (greedy, eval.py's stop rule and grading), on
+    held-out problems: {form: {accuracy, mean_generated_tokens, n}}. The curriculum trains on
+    each form, so each needs a base that is sometimes right there (reward spread)."""
+    import torch
+    from eval import extract_answer, is_correct, should_stop
+    from model import Qwen2, generate, load_tokenizer
+    model = Qwen2.from_pretrained(model_dir).eval()
+    tok = load_tokenizer(model_dir)
+    table = {}
+    for form in FORMS:
+        rng = random.Random(f"{seed}:forms:{form}")
+        prompts = [form_prompt(form, p, teacher_record(rng, p), rng)[0] for p in problems]
+        ids = tok.encode_batch(prompts)
+        right, tokens = 0, 0
+        for lo in range(0, len(ids), batch_size):
+            with torch.no_grad():
+                out = generate(model, ids[lo:lo + batch_size], max_new_tokens, temperature=0.0, tokenizer=tok,
+                               pad_token_id=tok.pad_token_id, stop_fn=should_stop)
+            for p, completion in zip(problems[lo:lo + batch_size], out.tokens):
+                right += is_correct(extract_answer(tok.decode(completion)), str(p.answer))
+                tokens += len(completion)
+        table[form] = {"accuracy": round(right / len(problems), 4),
+                       "mean_generated_tokens": round(tokens / len(problems), 1), "n": len(problems)}
+    return table
 
 
 # -----------------------------------------------------------------------------
@@ -401,7 +547,8 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
-    wanted = {"preset": name, "seed": seed, "settings": dataclasses.asdict(preset)}
+    # (through JSON, so that it compares equal to what world.json reads back: tuples become lists)
+    wanted = json.loads(json.dumps({"preset": name, "seed": seed, "settings": dataclasses.asdict(preset)}))
     meta = root / "world.json"
     if meta.is_file():
         info = json.loads(meta.read_text())
@@ -431,17 +578,24 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
         write_jsonl(tmp / "concise.jsonl", [{"question": p.question, "answer": str(p.answer),
                                              "rationale": format_steps(concise_steps(p), p.answer),
                                              "steps": concise_steps(p)} for p in train])
-        # 3. tokenizer, trained on the text the models will read and write
-        from eval import build_prompt
-        sample = pretrain[:2000]
-        texts = ([build_prompt(p.question) for p in sample] + [t["rationale"] for t in teacher]
-                 + [base_completion(random.Random(i), p, preset.error_rate) for i, p in enumerate(sample)]
+        # 3. the base model's pre-training documents: every prompt form, rambling completions
+        documents = [pretraining_text(rng, p, preset) for p in pretrain]
+        # 4. tokenizer, trained on the text the models will read and write
+        texts = ([prompt + completion for _, prompt, completion in documents[:2000]]
+                 + [t["rationale"] for t in teacher]
                  + [format_steps(concise_steps(p), p.answer, "Final Answer") for p in train])
         train_tokenizer(texts, preset.vocab_size, tmp / "tokenizer")
-        # 4. base model
-        base = pretrain_base(preset, pretrain, rng, tmp / "tokenizer", tmp / "base", seed, device, progress)
+        # 5. base model, and how it does under each prompt form (on held-out problems)
+        base = pretrain_base(preset, [(prompt, completion) for _, prompt, completion in documents],
+                             tmp / "tokenizer", tmp / "base", seed, device, progress)
+        measure_start = time.time()
+        base["by_form"] = measure_forms(tmp / "base", test[:preset.n_form_probe], seed)
+        base["by_form_seconds"] = round(time.time() - measure_start, 1)
+        forms = [form for form, _, _ in documents]
         info = {**wanted, "suggested": suggested_settings(teacher), "base": base,
-                "sizes": {"train": len(train), "test": len(test), "pretrain_problems": len(pretrain)},
+                "sizes": {"train": len(train), "test": len(test), "pretrain_problems": len(pretrain),
+                          "pretrain_by_form": {f: forms.count(f) for f in FORMS},
+                          "test_misleading": sum(any(misleads(s) for s in p.steps) for p in test) / len(test)},
                 "build_seconds": round(time.time() - start, 1)}
         from eval import write_atomic
         write_atomic(tmp / "world.json", json.dumps(info, indent=2) + "\n")
@@ -457,13 +611,15 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
 # -----------------------------------------------------------------------------
 # 7. The results table of a curriculum run (curriculum.sh calls `python tiny_world.py table RUN`)
 
-STAGES = ("base", "stage1", "stage2", "stage3")
+STAGES = ("base", "stage1", "stage2", "stage3", "sft", "grpo")  # sft, grpo: the baselines
 
 
 def results_table(run_dir) -> list[dict]:
     """Rows from RUN/eval/<stage>/summary.json (written by eval.py) and RUN/timings.tsv (lines
     `<stage> <seconds>`, the wall time of the step that made the checkpoint), written to
-    RUN/results.json and RUN/results.md, plus RUN/results.svg (accuracy against tokens)."""
+    RUN/results.json and RUN/results.md, plus RUN/results.svg (accuracy against tokens, and the
+    training curves from RUN/<stage>/metrics.jsonl). With RUN/world/world.json, results.md also
+    shows the base model under each prompt form."""
     from eval import write_atomic
     run = Path(run_dir)
     seconds: dict[str, float] = {}
@@ -482,72 +638,131 @@ def results_table(run_dir) -> list[dict]:
         s = json.loads(summary_path.read_text())
         rows.append({"stage": stage, "accuracy": s["accuracy"], "accuracy_ci95": s["accuracy_ci95"],
                      "mean_generated_tokens": s["mean_generated_tokens"], "n": s["n"],
+                     **misleading_split(summary_path.parent / "samples.jsonl"),
                      "seconds": round(seconds.get(stage, 0.0), 1),
                      "eval_seconds": round(seconds.get(f"eval_{stage}", s.get("seconds", 0.0)), 1)})
     if not rows:
         raise ValueError(f"{run}: no eval/<stage>/summary.json found")
     write_atomic(run / "results.json", json.dumps(rows, indent=2) + "\n")
     base = rows[0]
-    lines = ["| stage | accuracy | 95% interval | mean generated tokens | n | seconds (+ eval) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| stage | accuracy | 95% interval | mean generated tokens | n | misleading / other questions | "
+             "seconds (+ eval) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         low, high = r["accuracy_ci95"]
         delta = "" if r is base else (f" ({100 * (r['accuracy'] - base['accuracy']):+.1f} pts, "
                                       f"{100 * (r['mean_generated_tokens'] / base['mean_generated_tokens'] - 1):+.0f}% tokens)")
+        split = ("" if r.get("accuracy_misleading") is None else
+                 f"{100 * r['accuracy_misleading']:.1f}% / {100 * r['accuracy_other']:.1f}%")
         lines.append(f"| {r['stage']} | {100 * r['accuracy']:.1f}%{delta} | {100 * low:.1f}-{100 * high:.1f}% | "
-                     f"{r['mean_generated_tokens']:.1f} | {r['n']} | {r['seconds']:.0f} (+{r['eval_seconds']:.0f}) |")
+                     f"{r['mean_generated_tokens']:.1f} | {r['n']} | {split} | {r['seconds']:.0f} (+{r['eval_seconds']:.0f}) |")
     total = sum(seconds.values())
     lines.append(f"\nTotal wall time: {total / 60:.1f} min.")
+    world_json = run / "world" / "world.json"
+    by_form = json.loads(world_json.read_text()).get("base", {}).get("by_form") if world_json.is_file() else None
+    if by_form:
+        lines += ["", "The base model under each prompt form (greedy, held-out problems):", "",
+                  "| prompt form | accuracy | mean generated tokens | n |", "|---|---|---|---|"]
+        lines += [f"| {form} | {100 * f['accuracy']:.1f}% | {f['mean_generated_tokens']:.1f} | {f['n']} |"
+                  for form, f in by_form.items()]
     write_atomic(run / "results.md", "\n".join(lines) + "\n")
-    note = plot(rows, run)
+    write_atomic(run / "results.svg", results_svg(rows, training_curves(run)))
     print("\n".join(lines))
-    print(note)
+    print(f"plot: {run / 'results.svg'}")
     return rows
 
 
-def plot(rows: list[dict], run: Path) -> str:
-    """Accuracy against mean generated tokens, one point per stage: matplotlib when installed,
-    otherwise a small hand-written SVG (so there is always a picture)."""
-    from eval import write_atomic
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        plt = None
-    if plt is not None:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.plot([r["mean_generated_tokens"] for r in rows], [100 * r["accuracy"] for r in rows], "o-")
-        for r in rows:
-            ax.annotate(r["stage"], (r["mean_generated_tokens"], 100 * r["accuracy"]),
-                        textcoords="offset points", xytext=(5, 5))
-        ax.set_xlabel("mean generated tokens")
-        ax.set_ylabel("accuracy (%)")
-        fig.tight_layout()
-        fig.savefig(run / "results.png", dpi=120)
-        return f"plot: {run / 'results.png'}"
-    xs = [r["mean_generated_tokens"] for r in rows]
-    ys = [100 * r["accuracy"] for r in rows]
-    x0, x1 = min(xs) * 0.9, max(xs) * 1.1 + 1e-9
-    y0, y1 = max(0.0, min(ys) - 10), min(100.0, max(ys) + 10) + 1e-9
+def misleading_split(samples_path: Path) -> dict:
+    """Accuracy on the questions with a misleading sentence (MISLEADING: the base model's
+    systematic error) and on the others, from eval.py's samples.jsonl; {} without it."""
+    if not samples_path.is_file():
+        return {}
+    samples = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
+    groups: dict[bool, list[bool]] = {True: [], False: []}
+    for s in samples:
+        groups[any(phrase in s["question"] for phrase in MISLEADING.values())].append(s["correct"])
+    return {f"accuracy_{name}": (sum(g) / len(g) if g else None) for name, g in
+            (("misleading", groups[True]), ("other", groups[False]))}
 
-    def at(x, y):  # data -> pixels in a 400x300 picture with 50-pixel margins
-        return 50 + 300 * (x - x0) / (x1 - x0), 250 - 200 * (y - y0) / (y1 - y0)
 
-    points = [at(x, y) for x, y in zip(xs, ys)]
-    svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="400" height="300" font-family="sans-serif" font-size="11">',
-           '<rect width="400" height="300" fill="white"/>',
-           '<line x1="50" y1="250" x2="350" y2="250" stroke="black"/><line x1="50" y1="50" x2="50" y2="250" stroke="black"/>',
-           f'<text x="200" y="285" text-anchor="middle">mean generated tokens ({x0:.0f}-{x1:.0f})</text>',
-           f'<text x="15" y="150" transform="rotate(-90 15 150)" text-anchor="middle">accuracy % ({y0:.0f}-{y1:.0f})</text>',
-           '<polyline fill="none" stroke="steelblue" points="' + " ".join(f"{x:.1f},{y:.1f}" for x, y in points) + '"/>']
-    for (x, y), r in zip(points, rows):
-        svg.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="steelblue"/>'
-                   f'<text x="{x + 6:.1f}" y="{y - 6:.1f}">{r["stage"]} ({100 * r["accuracy"]:.0f}%, '
-                   f'{r["mean_generated_tokens"]:.0f})</text>')
-    svg.append("</svg>")
-    write_atomic(run / "results.svg", "\n".join(svg) + "\n")
-    return f"plot: {run / 'results.svg'} (matplotlib is not installed; drew a plain SVG instead)"
+# Training curves: (panel title, metrics.jsonl key, the stages that log it)
+CURVES = (("stage 1 / sft: target loss", "loss", ("stage1", "sft")),
+          ("GRPO: mean reward", "reward", ("stage2", "stage3", "grpo")),
+          ("GRPO: sampled accuracy", "accuracy", ("stage2", "stage3", "grpo")),
+          ("GRPO: completion tokens", "completion_tokens", ("stage2", "stage3", "grpo")),
+          ("GRPO: KL to the reference", "kl", ("stage2", "stage3", "grpo")))
+
+
+def training_curves(run: Path) -> list[tuple[str, dict[str, list[float]]]]:
+    """[(title, {stage: values by step})] from RUN/<stage>/metrics.jsonl, for the panels of CURVES."""
+    logs = {}
+    for stage in STAGES[1:]:
+        path = run / stage / "metrics.jsonl"
+        if path.is_file():
+            logs[stage] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(title, {s: [r[key] for r in logs[s] if r.get(key) is not None] for s in stages if s in logs})
+            for title, key, stages in CURVES]
+
+
+COLORS = {"base": "black", "stage1": "#1f77b4", "stage2": "#2ca02c", "stage3": "#d62728", "sft": "#ff7f0e",
+          "grpo": "#9467bd"}
+
+
+def svg_panel(x: float, y: float, title: str, series: dict[str, list[tuple[float, float]]], xlabel: str,
+              points: bool = False, w: float = 300, h: float = 200) -> list[str]:
+    """One chart at (x, y): axes with their ranges, a line (or labelled points) per series."""
+    values = [p for s in series.values() for p in s]
+    out = [f'<text x="{x + w / 2}" y="{y - 8}" text-anchor="middle" font-weight="bold">{title}</text>',
+           f'<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="none" stroke="#888"/>']
+    if not values:
+        return out + [f'<text x="{x + w / 2}" y="{y + h / 2}" text-anchor="middle">(no data)</text>']
+    lo_x, hi_x = min(v[0] for v in values), max(v[0] for v in values)
+    lo_y, hi_y = min(v[1] for v in values), max(v[1] for v in values)
+    pad_x, pad_y = (hi_x - lo_x) * 0.08 or 1.0, (hi_y - lo_y) * 0.08 or 1.0
+    x0, x1, y0, y1 = lo_x - pad_x, hi_x + pad_x, lo_y - pad_y, hi_y + pad_y  # a margin around the data
+
+    def at(px, py):
+        return x + w * (px - x0) / (x1 - x0), y + h - h * (py - y0) / (y1 - y0)
+
+    # the axes are labelled with the data's own extremes, at their places
+    (left, bottom), (right, top) = at(lo_x, lo_y), at(hi_x, hi_y)
+    out += [f'<text x="{left:.1f}" y="{y + h + 14}" text-anchor="middle">{lo_x:.3g}</text>',
+            f'<text x="{right:.1f}" y="{y + h + 14}" text-anchor="middle">{hi_x:.3g}</text>',
+            f'<text x="{x + w / 2}" y="{y + h + 28}" text-anchor="middle">{xlabel}</text>',
+            f'<text x="{x - 4}" y="{bottom + 4:.1f}" text-anchor="end">{lo_y:.3g}</text>',
+            f'<text x="{x - 4}" y="{top + 4:.1f}" text-anchor="end">{hi_y:.3g}</text>']
+    for i, (name, pts) in enumerate(series.items()):
+        color = COLORS.get(name, "gray")
+        xy = [at(px, py) for px, py in pts]
+        if points:
+            for (px, py), (dx, dy) in zip(pts, xy):
+                out.append(f'<circle cx="{dx:.1f}" cy="{dy:.1f}" r="4" fill="{color}"/>'
+                           f'<text x="{dx + 6:.1f}" y="{dy - 6:.1f}" fill="{color}">{name} ({py:.1f}%, {px:.0f})</text>')
+        else:
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="'
+                       + " ".join(f"{dx:.1f},{dy:.1f}" for dx, dy in xy) + '"/>')
+            out.append(f'<text x="{x + w - 4}" y="{y + 14 + 13 * i}" text-anchor="end" fill="{color}">{name}</text>')
+    return out
+
+
+def moving_mean(values: list[float], window: int = 5) -> list[float]:
+    """Mean of each value and the (up to) window - 1 before it: GRPO's per-step figures come
+    from 64 samples and are too noisy to read raw."""
+    return [sum(values[max(0, i + 1 - window):i + 1]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(values))]
+
+
+def results_svg(rows: list[dict], curves: list[tuple[str, dict[str, list[float]]]]) -> str:
+    """A 3 x 2 grid of panels: accuracy against tokens for every row, then the training curves
+    (a hand-written SVG, so the picture needs no plotting package)."""
+    panels = [("accuracy (%) against mean generated tokens",
+               {r["stage"]: [(r["mean_generated_tokens"], 100 * r["accuracy"])] for r in rows}, "tokens", True)]
+    panels += [(title, {s: list(enumerate(moving_mean(v), 1)) for s, v in by_stage.items()}, "step (5-step mean)", False)
+               for title, by_stage in curves]
+    width, height = 2 * 380 + 40, 3 * 270 + 20
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>']
+    for i, (title, series, xlabel, points) in enumerate(panels):
+        svg += svg_panel(60 + 380 * (i % 2), 30 + 270 * (i // 2), title, series, xlabel, points)
+    return "\n".join(svg + ["</svg>"]) + "\n"
 
 
 # -----------------------------------------------------------------------------

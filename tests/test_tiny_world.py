@@ -9,6 +9,7 @@ import pytest
 
 import tiny_world as tw
 from eval import build_prompt, evaluate, extract_answer, load_gsm8k, parse_gold
+from teacher import TeacherExample
 
 # a world small enough to build twice in a few seconds (the base model barely trains)
 MICRO = dataclasses.replace(tw.PRESETS["test"], n_train=30, n_test=20, vocab_size=400, hidden=32, layers=1,
@@ -26,6 +27,7 @@ def world_files(root):
             info = json.loads(data)
             info.pop("build_seconds")
             info["base"].pop("seconds")
+            info["base"].pop("by_form_seconds")
             data = json.dumps(info, sort_keys=True).encode()
         elif path.name == "metrics.jsonl":
             data = "".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "seconds"})
@@ -83,6 +85,70 @@ def test_generated_arithmetic_is_right():
         assert len(concise.split()) < len(tw.format_steps(tw.teacher_steps(rng, p), p.answer).split())
 
 
+def misleading_problem(rng):
+    """A problem with at least one misleading sentence (see tiny_world.MISLEADING)."""
+    while True:
+        p = tw.make_problem(rng, 3, 30)
+        if any(tw.misleads(s) for s in p.steps):
+            return p
+
+
+def test_the_base_author_misreads_only_what_no_prompt_shows():
+    rng = random.Random(1)
+    for _ in range(50):
+        p = misleading_problem(rng)
+        mis = [i for i, s in enumerate(p.steps) if tw.misleads(s)]
+        # always misread: every misleading operation becomes an addition, so the answer is wrong
+        steps, answer = tw.base_solution_steps(random.Random(0), p, error_rate=0.0, misread_rate=1.0)
+        x = p.start
+        for s in p.steps:
+            x = tw.apply("add" if tw.misleads(s) else s.op, x, s.operand)
+        assert answer == x
+        for i in mis:
+            line = next(s for s in steps if s.startswith(f"{p.steps[i].fact} So "))
+            assert f" + {p.steps[i].operand} = " in line
+        # shown worked out in the prompt: read right, whatever the rate
+        steps, answer = tw.base_solution_steps(random.Random(0), p, 0.0, 1.0, known=frozenset(mis))
+        assert answer == p.answer
+        assert all(f"{p.steps[i].fact} So {tw.calc(p.steps[i])}." in steps for i in mis)
+
+
+def test_pretraining_documents_use_every_stage_prompt():
+    import stage1_reconstruct as s1
+    import stage2_grpo as s2
+    import stage3_rewrite as s3
+    from eval import build_prompt
+    rng = random.Random(2)
+    preset = tw.PRESETS["tiny"]
+    forms = [tw.pretraining_text(rng, misleading_problem(rng), preset)[0] for _ in range(300)]
+    assert set(forms) == set(tw.FORMS) and forms.count("plain") > forms.count("rewrite")
+    p = misleading_problem(rng)
+    teacher = tw.teacher_record(rng, p)
+    plain, known = tw.form_prompt("plain", p, teacher, random.Random(0))
+    assert plain == build_prompt(p.question) and known == frozenset()
+    rewrite, known = tw.form_prompt("rewrite", p, teacher, random.Random(0))
+    assert rewrite == s3.build_rewrite_prompt(p.question, teacher["rationale"]) and known == set(range(len(p.steps)))
+    ex = TeacherExample(teacher["question"], teacher["answer"], teacher["rationale"], teacher["steps"])
+    hinted, known = tw.form_prompt("hinted", p, teacher, random.Random(5))
+    assert hinted == s2.build_masked_prompt(ex, random.Random(5))
+    shown, hidden = s2.mask_steps(ex.steps, random.Random(5))
+    assert known == {i for i, s in enumerate(p.steps) if any(tw.calc(s) in step for step in shown)}
+    recon, known = tw.form_prompt("reconstruct", p, teacher, random.Random(6))
+    assert recon == s1.reconstruction_example(ex, random.Random(6), 0.7).prompt
+    with pytest.raises(ValueError, match="prompt form"):
+        tw.form_prompt("chat", p, teacher, rng)
+
+
+def test_length_buckets_cover_every_document_once():
+    lengths = [random.Random(i).randint(10, 300) for i in range(32 * 40)]
+    batches = tw.length_buckets(lengths, 32, seed=0)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) == 32 for b in batches) and batches == tw.length_buckets(lengths, 32, seed=0)
+    padded = sum(32 * max(lengths[i] for i in b) for b in batches)
+    unsorted = sum(32 * max(lengths[i:i + 32]) for i in range(0, len(lengths), 32))
+    assert padded < 0.8 * unsorted
+
+
 def test_tokenizer_round_trips_with_single_digits(tiny_world):
     from model import load_tokenizer
     tok = load_tokenizer(tiny_world.base_model)
@@ -110,6 +176,10 @@ def test_base_model_is_partly_right_with_long_answers(tiny_world):
     assert summary["truncated"] <= len(examples) // 5   # mostly finishes its answer
     finished = [s for s in samples if s["finish_reason"] != "length"]
     assert all("Step 1:" in s["completion"] and extract_answer(s["completion"]) is not None for s in finished)
+    # world.json reports the base under every prompt form the curriculum trains on
+    by_form = tiny_world.info["base"]["by_form"]
+    assert list(by_form) == list(tw.FORMS)
+    assert all(0.0 <= f["accuracy"] <= 1.0 and f["mean_generated_tokens"] > 10 for f in by_form.values())
     # rambling like the real base model: longer than the teacher's rationales
     teacher_tokens = [len(tok.encode(json.loads(line)["rationale"]))
                       for line in tiny_world.teacher.read_text().splitlines()[:40]]
@@ -118,18 +188,35 @@ def test_base_model_is_partly_right_with_long_answers(tiny_world):
 
 def test_results_table(tmp_path):
     from eval import write_atomic
-    for stage, acc, tokens in [("base", 0.3, 100.0), ("stage1", 0.4, 80.0), ("stage3", 0.5, 60.0)]:
+    for stage, acc, tokens in [("base", 0.3, 100.0), ("stage1", 0.4, 80.0), ("stage3", 0.5, 60.0),
+                               ("sft", 0.45, 90.0)]:
         write_atomic(tmp_path / "eval" / stage / "summary.json", json.dumps(
             {"accuracy": acc, "accuracy_ci95": [acc - 0.05, acc + 0.05], "mean_generated_tokens": tokens,
              "n": 500, "seconds": 7.0}))
     (tmp_path / "timings.tsv").write_text("base 300\neval_base 7\nstage1 100\nstage3 60\nstage3 5\n")
+    write_atomic(tmp_path / "eval" / "base" / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in [
+        {"question": "Mia has 4 cards. She sells 2 cards. How many?", "correct": False},
+        {"question": "Leo has 4 cards. After a trade, he has 2 times as many cards as before. How many?", "correct": True},
+        {"question": "Ava has 4 cards. She loses 2 cards. How many?", "correct": True}]))
+    write_atomic(tmp_path / "stage3" / "metrics.jsonl", "".join(
+        json.dumps({"step": i, "reward": 0.1 * i, "completion_tokens": 50 - i, "kl": 0.01 * i, "accuracy": 0.5})
+        + "\n" for i in range(1, 6)))
+    write_atomic(tmp_path / "world" / "world.json", json.dumps({"base": {"by_form": {
+        "plain": {"accuracy": 0.3, "mean_generated_tokens": 100.0, "n": 200},
+        "hinted": {"accuracy": 0.55, "mean_generated_tokens": 98.0, "n": 200}}}}))
     rows = tw.results_table(tmp_path)
-    assert [r["stage"] for r in rows] == ["base", "stage1", "stage3"]
+    assert [r["stage"] for r in rows] == ["base", "stage1", "stage3", "sft"]
     assert json.loads((tmp_path / "results.json").read_text()) == rows
     assert rows[2]["seconds"] == 65 and rows[0]["eval_seconds"] == 7
     md = (tmp_path / "results.md").read_text()
-    assert "+20.0 pts, -40% tokens" in md
-    assert (tmp_path / "results.svg").is_file() or (tmp_path / "results.png").is_file()
+    assert "+20.0 pts, -40% tokens" in md and "| sft | 45.0% (+15.0 pts, -10% tokens)" in md
+    assert "| 500 | 50.0% / 100.0% |" in md                    # base: misleading questions / the others
+    assert rows[0]["accuracy_misleading"] == 0.5 and "accuracy_other" not in rows[1]
+    assert "| hinted | 55.0% | 98.0 | 200 |" in md              # the base under each prompt form
+    svg = (tmp_path / "results.svg").read_text()
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    assert all(title in svg for title, _, _ in tw.CURVES)
+    assert svg.count("<circle") == 4 and svg.count("<polyline") == 4   # 4 rows; stage 3's reward, acc, tokens, kl
     (tmp_path / "timings.tsv").write_text("base\n")
     with pytest.raises(ValueError, match="timings.tsv:1"):
         tw.results_table(tmp_path)
