@@ -248,7 +248,8 @@ def rollout(model, tokenizer, prompts: Sequence[Sequence[int]], group_size: int,
                          pad_token_id=tokenizer.pad_token_id, stop_fn=stop_fn,
                          tokenizer=tokenizer if stop_fn else None, generator=generator,
                          return_logprobs=True)
-    model.train(was_training)
+    if was_training:
+        train_without_dropout(model)   # (plain model.train() would switch LoRA's dropout back on)
     rows = [list(p) for p in prompts for _ in range(group_size)]
     return Rollouts(rows, out.tokens, out.logprobs, out.finish_reasons,
                     [tokenizer.decode(t) for t in out.tokens])
@@ -473,6 +474,18 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def train_without_dropout(model):
+    """Training mode (gradient checkpointing needs it) with every dropout off: the ratio
+    pi / pi_old compares the policy with the sampler, which ran without dropout, so a dropped-out
+    forward would make the ratio noisy before any update and clip for nothing (LoRA's dropout is
+    the only one in model.py)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    return model
+
+
 def _batch_logprobs(model, prompts, completions, temperature, pad_id, micro, device):
     """No-grad log-probs of many completions, micro-batch by micro-batch."""
     out = []
@@ -617,7 +630,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
+        train_without_dropout(model)
         stats, loss_sum, grad_norm, gap = LossStats(), 0.0, 0.0, 0.0
         for ppo_epoch in range(cfg.ppo_epochs if n_rows else 0):
             optimizer.zero_grad(set_to_none=False)

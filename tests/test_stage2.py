@@ -62,6 +62,26 @@ def test_masked_prompts_hide_the_masked_steps_of_real_rationales():
         assert prompt.startswith("Solve this math problem") and prompt.endswith("Reasoning:")
 
 
+def test_grpo_forward_has_no_dropout(tiny_qwen_checkpoint):
+    """LoRA's dropout would make pi / pi_old noisy before any update: the loss forward runs
+    in training mode (for gradient checkpointing) with dropout off."""
+    from model import Qwen2, add_lora
+    model = add_lora(Qwen2.from_pretrained(tiny_qwen_checkpoint), rank=4, alpha=8.0, dropout=0.5)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)   # adapters that change the output
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    model.train()
+    assert not torch.equal(model(ids), model(ids))   # dropout on: two forwards differ
+    s2.train_without_dropout(model)
+    assert model.training and torch.equal(model(ids), model(ids))
+    # sampling (in eval mode) hands the model back to training without switching dropout on
+    from model import load_tokenizer
+    s2.rollout(model, load_tokenizer(tiny_qwen_checkpoint), [[1, 2, 3]], group_size=2, max_new_tokens=3,
+               temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(0), stop_fn=None)
+    assert model.training and torch.equal(model(ids), model(ids))
+
+
 def test_prompt_builder_masked_or_plain():
     ex = TeacherExample("How many apples does Mia have?", "10", "", ["a 4", "b 7", "c 5", "d 10"])
     masked = s2.prompt_builder("masked")(ex, random.Random(3))
