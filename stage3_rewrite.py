@@ -327,6 +327,7 @@ def main(argv=None) -> dict:
     import distributed
     dist = distributed.setup(args.device)
     out = Path(args.out)
+    stage2.refuse_existing_run(out, args.resume)   # before mining, which takes a while
     mined_path = out / "failures.jsonl"
 
     # 1. the failure set: given, reused on --resume, or mined from the student's own answers

@@ -364,6 +364,11 @@ def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypa
     Qwen2.from_pretrained(straight)
     assert (straight / "checkpoint-3" / "trainer_state.pt").is_file()
 
+    # the finished run is not overwritten by a fresh start in the same folder
+    with pytest.raises(SystemExit, match="already holds a run"):
+        s2.main(run_args(tiny_world, straight, "--reward", "shorter", "--max-steps", "6"))
+    assert metrics(straight) == rows
+
     # resume: a run that stopped after step 3 continues exactly as the straight run did
     resumed = tmp_path / "resumed"
     resumed.mkdir()
