@@ -651,8 +651,8 @@ def results_table(run_dir) -> list[dict]:
         low, high = r["accuracy_ci95"]
         delta = "" if r is base else (f" ({100 * (r['accuracy'] - base['accuracy']):+.1f} pts, "
                                       f"{100 * (r['mean_generated_tokens'] / base['mean_generated_tokens'] - 1):+.0f}% tokens)")
-        split = ("" if r.get("accuracy_misleading") is None else
-                 f"{100 * r['accuracy_misleading']:.1f}% / {100 * r['accuracy_other']:.1f}%")
+        split = " / ".join("-" if r.get(k) is None else f"{100 * r[k]:.1f}%"
+                           for k in ("accuracy_misleading", "accuracy_other")) if "accuracy_other" in r else ""
         lines.append(f"| {r['stage']} | {100 * r['accuracy']:.1f}%{delta} | {100 * low:.1f}-{100 * high:.1f}% | "
                      f"{r['mean_generated_tokens']:.1f} | {r['n']} | {split} | {r['seconds']:.0f} (+{r['eval_seconds']:.0f}) |")
     total = sum(seconds.values())

@@ -212,6 +212,11 @@ def test_results_table(tmp_path):
     assert "+20.0 pts, -40% tokens" in md and "| sft | 45.0% (+15.0 pts, -10% tokens)" in md
     assert "| 500 | 50.0% / 100.0% |" in md                    # base: misleading questions / the others
     assert rows[0]["accuracy_misleading"] == 0.5 and "accuracy_other" not in rows[1]
+    # a set with no question of one kind shows "-" there
+    write_atomic(tmp_path / "eval" / "stage1" / "samples.jsonl",
+                 json.dumps({"question": "Ava has 4 cards. She loses 2 cards. How many?", "correct": True}) + "\n")
+    tw.results_table(tmp_path)
+    assert "| 500 | - / 100.0% |" in (tmp_path / "results.md").read_text()
     assert "| hinted | 55.0% | 98.0 | 200 |" in md              # the base under each prompt form
     svg = (tmp_path / "results.svg").read_text()
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
