@@ -11,6 +11,13 @@ all questions, counting everything the model produced up to the stop.
 This file is the only place that knows GSM8K; the stages import its pieces (the prompt, the
 answer extraction, the correctness check, the data loader).
 
+A full test set takes hours on a small GPU, so nothing done is lost to an interruption: the output
+folder is checked before the model loads, samples.jsonl grows one batch at a time, and running the
+same command again (after Ctrl-C, a killed job, a full disk) continues where it stopped.
+settings.json records what made the samples (model, its weights files' sizes and times, data,
+split, --max-new-tokens, --dtype); a rerun with other ones is refused rather than mixed in. At the
+end samples.jsonl is rewritten in question order and summary.json covers every question.
+
     python eval.py --model Qwen/Qwen2.5-3B                    # the full test set, from the hub
     python eval.py --model runs/tiny/stage3 --data runs/tiny/world/test.jsonl --limit 200
 """
@@ -25,6 +32,9 @@ import tempfile
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Callable
+
+import cli
 
 # -----------------------------------------------------------------------------
 # The prompt and the stop rule
@@ -147,15 +157,23 @@ def load_gsm8k(source: str = "openai/gsm8k", split: str = "test", limit: int | N
                     break
     elif path.exists():
         raise ValueError(f"{path}: expected a JSONL file")
+    elif cli.looks_like_path(source) or path.suffix in (".jsonl", ".json"):
+        raise FileNotFoundError(f"{path}: no such file (a GSM8K-format JSONL file, or a hub id like openai/gsm8k)")
     else:
         from datasets import load_dataset
-        dataset = load_dataset(source, config, split=split)
+        try:
+            dataset = load_dataset(source, config, split=split)
+        except Exception as e:  # offline, no such dataset or split: one line naming what was asked for
+            raise FileNotFoundError(f"{source}: no such local file, and loading it from the hub failed "
+                                    f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
         for i, record in enumerate(dataset):
             rows.append((f"{source}[{split}][{i}]", record))
             if limit is not None and len(rows) >= limit:
                 break
     examples = []
     for where, record in rows:
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer'")
         for key in ("question", "answer"):
             if not isinstance(record.get(key), str):
                 raise ValueError(f"{where}: field '{key}' is missing or not a string")
@@ -173,18 +191,44 @@ def load_gsm8k(source: str = "openai/gsm8k", split: str = "test", limit: int | N
 # Evaluation
 
 
+def check_context(prompts: list[list[int]], max_new_tokens: int, window: int):
+    """Refuse, before any generation, a question whose prompt cannot fit the model's context
+    window (max_position_embeddings), or a --max-new-tokens that would run past it: rotary
+    positions beyond the window raise no error, they only make garbage."""
+    if not prompts:
+        return
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    tokens = len(prompts[longest])
+    if tokens >= window:
+        raise ValueError(f"--data question {longest + 1}: its prompt alone is {tokens} tokens, the model's "
+                         f"context window is {window} (max_position_embeddings in config.json)")
+    if tokens + max_new_tokens > window:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: the longest prompt (question {longest + 1}) has "
+                         f"{tokens} tokens, and {tokens} + {max_new_tokens} > {window}, the model's context window "
+                         f"(max_position_embeddings); use --max-new-tokens {window - tokens} or less")
+
+
 def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 16, max_new_tokens: int = 512,
-             progress: bool = True, desc: str = "eval") -> tuple[list[dict], dict]:
-    """Greedy completions for every example; returns (per-sample records, summary)."""
+             progress: bool = True, desc: str = "eval", done: dict[int, dict] | None = None,
+             on_batch: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], dict]:
+    """Greedy completions for every example; returns (per-sample records, summary).
+
+    done: samples an interrupted run already made, by index; they are kept, not generated again.
+    on_batch(samples) is called as each batch finishes (main appends them to samples.jsonl)."""
     from tqdm import tqdm
     from model import generate
+    done = done or {}
     prompts = tokenizer.encode_batch([build_prompt(e["question"]) for e in examples])
-    # similar lengths in one batch waste less on padding; results go back in input order
-    order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
-    samples: list[dict | None] = [None] * len(examples)
+    check_context(prompts, max_new_tokens, model.config.max_position_embeddings)
+    # similar lengths in one batch waste less on padding; results go back in input order. A
+    # resumed run skips what is done: the batches after it are the ones the first run would
+    # have made (it stopped between batches), so it produces the same completions.
+    order = [i for i in sorted(range(len(examples)), key=lambda i: len(prompts[i])) if i not in done]
+    samples: list[dict | None] = [done.get(i) for i in range(len(examples))]
     start = time.time()
-    bar = tqdm(total=len(examples), desc=desc, disable=not progress, dynamic_ncols=True)
-    correct_so_far = 0
+    bar = tqdm(total=len(examples), initial=len(done), desc=desc, disable=not progress, dynamic_ncols=True)
+    correct_so_far = sum(s["correct"] for s in done.values())
+    new_tokens = 0
     for lo in range(0, len(order), batch_size):
         batch = order[lo:lo + batch_size]
         out = generate(model, [prompts[i] for i in batch], max_new_tokens, temperature=0.0,
@@ -194,18 +238,25 @@ def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 16, max_n
             prediction = extract_answer(completion)
             correct = is_correct(prediction, examples[i]["gold"])
             correct_so_far += correct
+            new_tokens += len(tokens)
             samples[i] = {"index": i, "question": examples[i]["question"], "gold": examples[i]["gold"],
                           "prediction": prediction, "correct": correct, "generated_tokens": len(tokens),
                           "finish_reason": reason, "completion": completion}
+        if on_batch is not None:
+            on_batch([samples[i] for i in batch])
         bar.update(len(batch))
-        done = lo + len(batch)
-        bar.set_postfix(acc=f"{correct_so_far / done:.3f}")
+        bar.set_postfix(acc=f"{correct_so_far / (len(done) + lo + len(batch)):.3f}")
     bar.close()
+    return samples, summarize(samples, time.time() - start, new_tokens)
+
+
+def summarize(samples: list[dict], seconds: float, new_tokens: int) -> dict:
+    """Accuracy, its interval and mean length over all samples; the speed is this run's own (a
+    resumed run timed only the tokens it generated)."""
     n = len(samples)
     n_correct = sum(s["correct"] for s in samples)
     total_tokens = sum(s["generated_tokens"] for s in samples)
-    seconds = time.time() - start
-    summary = {
+    return {
         "accuracy": n_correct / n,
         "accuracy_ci95": list(wilson_interval(n_correct, n)),
         "mean_generated_tokens": total_tokens / n,
@@ -213,18 +264,92 @@ def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 16, max_n
         "correct": n_correct,
         "truncated": sum(s["finish_reason"] == "length" for s in samples),
         "seconds": round(seconds, 2),
-        "generated_tokens_per_second": round(total_tokens / max(seconds, 1e-9), 1),
+        "generated_tokens_per_second": round(new_tokens / max(seconds, 1e-9), 1),
     }
-    return samples, summary
 
 
 def write_atomic(path: Path, text: str):
     """Write to a temporary name in the same folder, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        cli.make_readable(tmp)  # mkstemp makes it 0600; the file should look like any other we write
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: no stray temporary file left behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -----------------------------------------------------------------------------
+# Output that survives an interruption: samples.jsonl grows batch by batch, and a rerun of the
+# same command continues from it (settings.json says which command made it)
+
+
+def check_writable(out: Path):
+    """Fail on a bad --out now, not after hours of generation."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise cli.UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+
+
+def run_settings(args, model_dir: Path) -> dict:
+    """What decides the completions. The weights are identified by their files' sizes and
+    modification times: a model retrained into the same folder must not pass for the old one."""
+    weights = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(model_dir.iterdir())
+               if p.name == "config.json" or p.name.endswith((".safetensors", ".safetensors.index.json"))}
+    return {"model": str(args.model), "weights": weights, "data": str(args.data), "split": args.split,
+            "max_new_tokens": args.max_new_tokens, "dtype": args.dtype}
+
+
+def read_done(out: Path, settings: dict, examples: list[dict]) -> dict[int, dict]:
+    """The samples an earlier run of this command left in out/samples.jsonl, by index. Refuses
+    samples made with other settings, or for other questions; drops a last line cut short."""
+    path, settings_path = out / "samples.jsonl", out / "settings.json"
+    lines = path.read_text(encoding="utf-8").split("\n") if path.is_file() else []
+    lines = lines[:-1]  # the piece after the last newline: empty, or a line the interruption cut short
+    if not lines:
+        return {}
+    if not settings_path.is_file():
+        raise cli.UsageError(f"{path}: samples without settings.json (an older eval.py?); delete them or choose another --out")
+    try:
+        before = json.loads(settings_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{settings_path}: not valid JSON ({e.msg})") from None
+    changed = [key for key in settings if before.get(key) != settings[key]]
+    if changed:
+        key = changed[0]
+        what = "the weights files of --model changed" if key == "weights" else f"{key} was {before.get(key)!r}, now {settings[key]!r}"
+        raise cli.UsageError(f"{path}: made by another run ({what}); delete {out} or choose another --out")
+    done = {}
+    for line_no, line in enumerate(lines, 1):
+        try:
+            sample = json.loads(line)
+            i = sample["index"]
+            if not isinstance(i, int) or i < 0:
+                raise TypeError("index")
+            ok = sample["question"] == examples[i]["question"] and sample["gold"] == examples[i]["gold"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path}:{line_no}: not a sample record; delete the file to start again") from None
+        except IndexError:
+            continue  # a question past this run's --limit
+        if not ok:
+            raise cli.UsageError(f"{path}:{line_no}: question {i + 1} is not the one in --data {settings['data']}; "
+                                 f"delete {out} or choose another --out")
+        done[i] = sample
+    return done
+
+
+def append_samples(path: Path, samples: list[dict]):
+    """One batch at a time, flushed to disk: an interruption loses at most the batch in flight."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(s) + "\n" for s in samples))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def default_device() -> str:
@@ -232,15 +357,88 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# -----------------------------------------------------------------------------
+# Checked command-line values, the `type=` of every numeric option of every script: a bad value
+# stops argparse at once ("argument --top-p: expected a number in (0, 1], got '1.5'", exit 2)
+# instead of failing, or silently misbehaving, after the model has loaded.
+
+
+class OptionValueError(argparse.ArgumentTypeError, ValueError):
+    """A bad option value: argparse reports it with the option's name; other callers see a ValueError."""
+
+
+def bounded(kind: type = float, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False):
+    """An argparse `type=` that converts with `kind` and accepts values in the given range."""
+    what = "an integer" if kind is int else "a number"
+    if low is not None and high is not None:
+        valid = f"{what} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        valid = f"{what} {'>' if low_open else '>='} {low:g}"
+    else:
+        valid = f"{what} {'<' if high_open else '<='} {high:g}"
+
+    def check(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise OptionValueError(f"expected {valid}, got {text!r}") from None
+        ok = value == value and abs(value) != math.inf  # no nan or inf
+        ok = ok and (low is None or (value > low if low_open else value >= low))
+        ok = ok and (high is None or (value < high if high_open else value <= high))
+        if not ok:
+            raise OptionValueError(f"expected {valid}, got {text!r}")
+        return value
+
+    check.__name__ = valid  # argparse names the type with it in its own messages
+    return check
+
+
+positive_int = bounded(int, 1)
+nonnegative_int = bounded(int, 0)
+positive_float = bounded(float, 0, low_open=True)
+nonnegative_float = bounded(float, 0)
+probability = bounded(float, 0, 1)                  # mask probabilities, ratios
+nucleus = bounded(float, 0, 1, low_open=True)       # top-p: 0 would keep no token
+dropout = bounded(float, 0, 1, high_open=True)      # 1 would drop everything
+
+
+def row_slice(text: str | None) -> slice | None:
+    """`START:END` (a Python slice of records, either side optional: "0:2000", "2000:") -> slice;
+    None or "" -> None (every row). Rejects anything else, a zero or negative step, and a range
+    that is empty by construction (END <= START, both counted from the same end)."""
+    if not text:
+        return None
+    parts = str(text).split(":")
+    if len(parts) not in (2, 3):
+        raise OptionValueError(f"expected START:END (a Python slice, e.g. 0:2000 or 2000:), got {text!r}")
+    try:
+        start, end, *step = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise OptionValueError(f"expected START:END with integer START and END, got {text!r}") from None
+    step = step[0] if step else None
+    if step is not None and step < 1:
+        raise OptionValueError(f"expected a step >= 1 in START:END:STEP, got {text!r}")
+    if start is not None and end is not None and (start < 0) == (end < 0) and end <= start:
+        raise OptionValueError(f"expected END > START in START:END, got {text!r} (no rows)")
+    return slice(start, end, step)
+
+
+def rows_option(text: str) -> str:
+    """argparse `type=` for --rows: checks the slice (row_slice) and keeps the text."""
+    row_slice(text)
+    return text
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="GSM8K accuracy and generated length, as in the BRIDGE paper.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description="GSM8K accuracy and generated length, as in the BRIDGE paper.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or hub id (e.g. Qwen/Qwen2.5-3B)")
     parser.add_argument("--data", default="openai/gsm8k", help="hub dataset id, or a local GSM8K-format JSONL file")
     parser.add_argument("--split", default="test", help="hub dataset split")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions only")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N questions only")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="questions per generate call")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=512, help="the authors' limit")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="default: as stored in the checkpoint")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -248,17 +446,46 @@ def main(argv=None):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from model import Qwen2, load_tokenizer
+    # 1. the output folder first: a bad --out should fail now, not after the generation
+    out = Path(args.out) if args.out else Path("runs/eval") / re.sub(r"[^\w.-]+", "_", str(args.model)).strip("_")
+    check_writable(out)
+    samples_path = out / "samples.jsonl"
+
+    # 2. the questions, and what an interrupted run of this same command already answered
     examples = load_gsm8k(args.data, args.split, args.limit)
-    device = args.device or default_device()
-    model = Qwen2.from_pretrained(args.model, dtype=args.dtype, device=device)
-    tokenizer = load_tokenizer(model.source_dir)
-    samples, summary = evaluate(model, tokenizer, examples, args.batch_size, args.max_new_tokens,
-                                progress=not args.quiet)
+    from model import Qwen2, load_tokenizer, resolve_checkpoint_dir  # torch: after the data checks
+    model_dir = resolve_checkpoint_dir(args.model)
+    settings = run_settings(args, model_dir)
+    done = read_done(out, settings, examples)
+    write_atomic(out / "settings.json", json.dumps(settings, indent=2) + "\n")
+    write_atomic(samples_path, "".join(json.dumps(s) + "\n" for s in done.values()))  # without a cut line
+    if done:
+        print(f"{samples_path}: {len(done)} of {len(examples)} questions already done, continuing")
+
+    # 3. generate the rest, appending each batch as it finishes
+    if len(done) < len(examples):
+        device = args.device or default_device()
+        model = Qwen2.from_pretrained(model_dir, dtype=args.dtype, device=device)
+        tokenizer = load_tokenizer(model_dir)
+        saved: list[dict] = []
+
+        def save(batch: list[dict]):
+            append_samples(samples_path, batch)
+            saved.extend(batch)
+
+        try:
+            samples, summary = evaluate(model, tokenizer, examples, args.batch_size, args.max_new_tokens,
+                                        progress=not args.quiet, done=done, on_batch=save)
+        except KeyboardInterrupt:  # Ctrl-C: what is saved stays; say how to go on
+            raise KeyboardInterrupt(f"{len(done) + len(saved)} of {len(examples)} questions done, kept in "
+                                    f"{samples_path}; run the same command again to continue") from None
+    else:
+        samples = [done[i] for i in range(len(examples))]
+        summary = summarize(samples, 0.0, 0)
     summary.update({"model": str(args.model), "data": str(args.data), "split": args.split,
                     "max_new_tokens": args.max_new_tokens})
-    out = Path(args.out) if args.out else Path("runs/eval") / re.sub(r"[^\w.-]+", "_", str(args.model)).strip("_")
-    write_atomic(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    # 4. the samples again, now in question order, and the summary over all of them
+    write_atomic(samples_path, "".join(json.dumps(s) + "\n" for s in samples))
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     low, high = summary["accuracy_ci95"]
     print(f"{args.model}: accuracy {summary['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}), "
@@ -267,4 +494,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import looks_like_path, make_readable
+
 # -----------------------------------------------------------------------------
 # 1. Config
 
@@ -292,9 +294,12 @@ class Qwen2(nn.Module):
             cache.advance(T, position_ids[:, -1] + 1)
         return self.model.norm(x)
 
+    @property
+    def head_weight(self):
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
     def logits(self, hidden):
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return F.linear(hidden, self.head_weight)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
         """Logits [batch, time, vocab]."""
@@ -377,10 +382,14 @@ def resolve_checkpoint_dir(path_or_id) -> Path:
     if path.exists():
         raise ValueError(f"{path}: expected a checkpoint folder, found a file")
     name = str(path_or_id)
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise FileNotFoundError(f"{path}: no such checkpoint folder (and not a hub id like 'Qwen/Qwen2.5-0.5B')")
+    if looks_like_path(name):  # a typo in a local path: say so, rather than ask the hub for it
+        raise FileNotFoundError(f"{path}: no such folder (a checkpoint folder, or a hub id like 'Qwen/Qwen2.5-0.5B')")
     from huggingface_hub import snapshot_download  # installed with `datasets`
-    return Path(snapshot_download(repo_id=name, allow_patterns=HUB_FILES))
+    try:
+        return Path(snapshot_download(repo_id=name, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, no such repository, gated: one line that names both readings
+        raise FileNotFoundError(f"{name}: no such local folder, and the hub download failed "
+                                f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
 
 
 def parse_dtype(dtype) -> torch.dtype | None:
@@ -391,9 +400,17 @@ def parse_dtype(dtype) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
+def open_safetensors(path: Path):
+    """safe_open, with a damaged file (truncated, or not safetensors at all) named in the error."""
+    from safetensors import safe_open
+    try:
+        return safe_open(path, framework="pt", device="cpu")
+    except Exception as e:  # safetensors raises its own SafetensorError, not an OSError
+        raise ValueError(f"{path}: not a readable safetensors file, truncated or damaged ({e})") from None
+
+
 def checkpoint_files(folder: Path) -> dict[str, list[str]]:
     """{safetensors file: [tensor names]} from model.safetensors or an index of shards."""
-    from safetensors import safe_open
     index = folder / "model.safetensors.index.json"
     single = folder / "model.safetensors"
     if index.is_file():
@@ -409,7 +426,7 @@ def checkpoint_files(folder: Path) -> dict[str, list[str]]:
                 raise FileNotFoundError(f"{folder / shard}: shard listed in {index.name} is missing")
         return files
     if single.is_file():
-        with safe_open(single, framework="pt") as f:
+        with open_safetensors(single) as f:
             return {single.name: list(f.keys())}
     raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
@@ -417,7 +434,6 @@ def checkpoint_files(folder: Path) -> dict[str, list[str]]:
 def load_pretrained(path_or_id, dtype=None, device=None) -> Qwen2:
     """Build the model on the meta device (no memory), then read each tensor straight into its
     final dtype and device, so at most one tensor is ever held twice."""
-    from safetensors import safe_open
     folder = resolve_checkpoint_dir(path_or_id)
     config = Qwen2Config.from_json(folder / "config.json")
     dtype = parse_dtype(dtype)
@@ -428,17 +444,25 @@ def load_pretrained(path_or_id, dtype=None, device=None) -> Qwen2:
     state = {}
     for file_name, names in checkpoint_files(folder).items():
         path = folder / file_name
-        with safe_open(path, framework="pt", device="cpu") as f:
+        with open_safetensors(path) as f:
             for name in names:
                 if name == "lm_head.weight" and config.tie_word_embeddings:
                     continue  # some tied checkpoints store the head too; it equals the embedding
                 if name not in expected:
                     raise ValueError(f"{path}: unexpected tensor {name}")
-                tensor = f.get_tensor(name)
+                try:
+                    tensor = f.get_tensor(name)
+                except Exception as e:  # safetensors' own error type: data past the end of the file
+                    raise ValueError(f"{path}: tensor {name} cannot be read, the file is damaged ({e})") from None
                 if tuple(tensor.shape) != expected[name]:
                     raise ValueError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
                                      f"config says {expected[name]}")
-                state[name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+                tensor = tensor.to(device=device, dtype=dtype or tensor.dtype)
+                # a NaN or inf weight (a diverged run saved anyway) poisons every output; refuse it
+                # here, by name, rather than evaluate or train on NaN logits
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise ValueError(f"{path}: tensor {name} holds NaN or infinite values")
+                state[name] = tensor
     missing = [name for name in expected if name not in state]
     if missing:
         raise ValueError(f"{folder}: checkpoint lacks tensor {missing[0]}"
@@ -456,13 +480,17 @@ def save_pretrained(model: Qwen2, out_dir, tokenizer_dir=None):
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    make_readable(tmp, folder=True)  # mkdtemp's 0700 would follow the folder into place
     try:
         state = merged_state_dict(model)
-        dtype_name = next(k for k, v in DTYPES.items() if v == model.dtype)
+        # model.dtype, or float32 for adapters merged into a 16-bit base (see merged_state_dict)
+        saved_dtype = state["model.embed_tokens.weight"].dtype
+        dtype_name = next(k for k, v in DTYPES.items() if v == saved_dtype)
         config = dataclasses.replace(model.config, torch_dtype=dtype_name)
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()},
                   tmp / "model.safetensors", metadata={"format": "pt"})
+        make_readable(tmp / "model.safetensors")  # safetensors creates it 0600 whatever the umask
         source = Path(tokenizer_dir) if tokenizer_dir is not None else model.source_dir
         generation = source / "generation_config.json" if source is not None else None
         if generation is not None and generation.is_file():
@@ -497,8 +525,12 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
         super().__init__()
         self.base = base
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device, dtype=base.weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device, dtype=base.weight.dtype))
+        # The adapters are float32 whatever the frozen base is: AdamW's steps (about lr per entry,
+        # 5e-5) are far below half a bf16 ulp of an entry of A (2^-9 |a|, ~1e-4 at |a| = 0.05),
+        # so bf16 adapters lose most updates (tiny world, 20 steps: 82% of A never moved, update
+        # norm 0.47x fp32's). The forward casts them to the input's dtype (or autocast does).
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device, dtype=torch.float32))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # B = 0, so training starts at W
         self.scale = alpha / rank
         self.dropout = nn.Dropout(dropout)
@@ -511,11 +543,15 @@ class LoRALinear(nn.Module):
     def forward(self, x):
         out = self.base(x)
         if self.enabled:
-            out = out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+            # cast at use: gradients reach the float32 adapters through the cast; no-op in float32
+            delta = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.scale
+            out = out + delta.to(out.dtype)
         return out
 
     def merged_weight(self):
-        return self.base.weight + (self.lora_B @ self.lora_A) * self.scale
+        """W + (alpha / r) B A in float32: in bf16 the sum would round every entry to the nearest
+        bf16 value, dropping each update smaller than half an ulp of W (see save_pretrained)."""
+        return self.base.weight.float() + (self.lora_B.float() @ self.lora_A.float()) * self.scale
 
 
 def add_lora(model: Qwen2, rank: int = 16, alpha: float = 32.0, dropout: float = 0.05,
@@ -533,6 +569,17 @@ def has_lora(model: nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in model.modules())
 
 
+def refuse_16bit_full_finetuning(dtype, lora_rank: int) -> None:
+    """Trained weights must be float32. There is no float32 master copy here, so full fine-tuning
+    with bf16 weights would let AdamW round its steps away: half a bf16 ulp is 2^-9 to 2^-8 of
+    a weight (6e-5 at |w| = 0.02), above nearly every step at lr 1e-5. LoRA is fine (its
+    adapters are float32 on any base), and so are float32 weights under bf16 autocast."""
+    if parse_dtype(dtype) in (torch.bfloat16, torch.float16) and not lora_rank:
+        raise SystemExit(f"--dtype {dtype} with full fine-tuning would lose most AdamW updates to "
+                         f"{dtype} rounding: use --dtype float32 (on a GPU the forward passes still run "
+                         f"under bf16 autocast) or train LoRA adapters (--lora-rank), which are float32")
+
+
 @contextlib.contextmanager
 def lora_disabled(model: nn.Module):
     """The base model without adapters, e.g. as the frozen GRPO reference with no second copy."""
@@ -547,7 +594,14 @@ def lora_disabled(model: nn.Module):
 
 
 def merged_state_dict(model: Qwen2) -> dict[str, torch.Tensor]:
-    """The plain Hugging Face state dict, with each adapter folded into its weight."""
+    """The plain Hugging Face state dict, with each adapter folded into its weight.
+
+    With adapters on a bf16 (or fp16) base the whole dict is float32, so a saved checkpoint
+    keeps the trained update exactly: rounding W + BA back to bf16 moves each entry to the
+    nearest bf16 value, which drops every update below half an ulp of W and quantises the rest
+    (tiny world, LoRA at lr 5e-5: after 20 steps 16% of the updated entries fell back to W and
+    the merged update was off by 16% in norm; 3.3% after 100 steps, 1.3% after 300). The cost
+    is a file twice the size (3B: 12 GB, not 6); stages 2-3 train in float32 anyway."""
     state = {}
     for name, tensor in model.state_dict().items():
         if ".lora_" in name:
@@ -556,6 +610,8 @@ def merged_state_dict(model: Qwen2) -> dict[str, torch.Tensor]:
     for name, module in model.named_modules():
         if isinstance(module, LoRALinear):
             state[f"{name}.weight"] = module.merged_weight().detach()
+    if has_lora(model) and model.dtype != torch.float32:
+        state = {k: v.float() for k, v in state.items()}
     return state
 
 
@@ -573,7 +629,10 @@ class Tokenizer:
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: tokenizer file not found")
-        self.tok = HFTokenizer.from_file(str(path))
+        try:
+            self.tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the library's own error type, with no file name in it
+            raise ValueError(f"{path}: not a readable tokenizer file ({e})") from None
         tok_config = _read_json(folder / "tokenizer_config.json")
         gen_config = _read_json(folder / "generation_config.json")
         eos_ids: list[int] = []
@@ -659,6 +718,15 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device):
     return ids.to(device), mask.to(device)
 
 
+def float32_logits(hidden, head_weight):
+    """The LM head in float32 whatever the weights' dtype or autocast, for sampling and for
+    log-probabilities. A bf16 logit near 20 is a multiple of 0.125, an error that goes straight
+    into log p; the sampler (token by token, cached) and the trainer (one full-sequence pass)
+    would round differently, and GRPO's ratio pi / pi_old would clip on rounding noise."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return F.linear(hidden.float(), head_weight.float())
+
+
 def sample_next(logits, temperature: float, top_p: float, generator=None):
     """Pick one token per row. Returns (tokens [B], log-probs [B] under softmax(logits / T)).
 
@@ -709,6 +777,12 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         raise ValueError("generate: stop_strings / stop_fn need the tokenizer to read the text")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
+    # Rotary positions past the trained window give no error, only garbage: refuse them.
+    longest, window = max(len(p) for p in prompts), model.config.max_position_embeddings
+    if longest + max_new_tokens > window:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: a prompt of {longest} tokens plus "
+                         f"{max_new_tokens} new tokens is {longest + max_new_tokens}, past the model's context "
+                         f"window of {window} (max_position_embeddings in config.json)")
     if eos_token_ids is None:
         eos_token_ids = tokenizer.eos_token_ids if tokenizer is not None else model.config.eos_token_id
     eos_list = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids or [])
@@ -719,7 +793,10 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
     # 1. prefill every distinct prompt once
     ids, mask = left_pad(prompts, pad_token_id, device)
     cache = KVCache(model.config, len(prompts), ids.shape[1] + max_new_tokens, device, model.dtype)
-    logits = model(ids, attention_mask=mask, cache=cache)[:, -1]
+    # the head in float32 (as token_logprobs), upcast once per call rather than once per step;
+    # only the last position goes through it
+    head = model.head_weight.float()
+    logits = float32_logits(model.hidden_states(ids, attention_mask=mask, cache=cache)[:, -1], head)
     if num_samples > 1:
         rows = torch.arange(len(prompts), device=device).repeat_interleave(num_samples)
         cache.select_rows(rows)
@@ -761,7 +838,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
             cache.select_rows(keep)
             tokens = tokens.index_select(0, keep)
             live = [row for row in live if row >= 0]
-        logits = model(tokens[:, None], cache=cache)[:, -1]
+        logits = float32_logits(model.hidden_states(tokens[:, None], cache=cache)[:, -1], head)
     return Generation(out_tokens, reasons, out_logprobs if return_logprobs else None)
 
 
@@ -800,7 +877,7 @@ def token_logprobs(model: Qwen2, prompts: Sequence[Sequence[int]], completions: 
     ids, mask, comp_ids, comp_mask, P = pad_prompt_completion(prompts, completions, pad_token_id, model.device)
     hidden = model.hidden_states(ids, attention_mask=mask)
     C = comp_ids.shape[1]
-    logits = model.logits(hidden[:, P - 1:P - 1 + C]).float()  # position j predicts token j+1
+    logits = float32_logits(hidden[:, P - 1:P - 1 + C], model.head_weight)  # position j predicts token j+1
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logprobs = logits.gather(-1, comp_ids[..., None])[..., 0] - logits.logsumexp(-1)

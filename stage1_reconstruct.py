@@ -27,18 +27,19 @@ The loop: examples are made afresh each epoch (a new mask and a new order, from 
 batches are padded, the loss is the mean cross-entropy over all target tokens of the optimizer
 step (prompt tokens are never scored), gradients accumulate over micro-batches, AdamW with
 linear warm-up then linear decay, gradient clipping, bf16 autocast on GPU, optional gradient
-checkpointing and LoRA. Defaults are the authors' settings (lr 5e-5, weight decay 0.01, 80
-warm-up steps, 5 epochs, effective batch 32, max length 2048, clip 1.0, seed 42, teacher rows
-0-1999), except that the default is full fine-tuning; `--lora-rank 16` is theirs.
+checkpointing and LoRA. Defaults are the authors' settings (LoRA r=16, alpha 32,
+dropout 0.05, lr 5e-5, weight decay 0.01, 80 warm-up steps, 5 epochs, effective batch 32, max
+length 2048, clip 1.0, seed 42, teacher rows 0-1999); `--lora-rank 0` trains every weight.
 
     python stage1_reconstruct.py --model Qwen/Qwen2.5-3B --teacher-data runs/teacher/r1.jsonl \\
-        --rows 0:2000 --lora-rank 16 --out runs/paper/stage1
+        --out runs/paper/stage1
     python stage1_reconstruct.py --model runs/tiny/world/base --teacher-data runs/tiny/world/teacher.jsonl \\
-        --rows 0:2000 --epochs 1 --warmup-steps 5 --lr 1e-3 --out runs/tiny/stage1
+        --rows 0:2000 --lora-rank 0 --epochs 1 --warmup-steps 5 --lr 1e-3 --out runs/tiny/stage1
     torchrun --nproc_per_node 8 stage1_reconstruct.py ... --resume   # same run, 8 GPUs, continue
 
 Writes OUT/ (the merged final checkpoint), OUT/metrics.jsonl (one line per optimizer step) and
-OUT/checkpoint-STEP/ (weights, plus optimizer and RNG state in trainer_state.pt, for --resume).
+OUT/checkpoint-STEP/ (weights, plus optimizer and RNG state in trainer_state.safetensors and the
+step and options in trainer_state.json, for --resume; see resume.py).
 """
 from __future__ import annotations
 
@@ -47,7 +48,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +55,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import cli
 import distributed
+import resume
 import teacher
-from eval import build_prompt, default_device, write_atomic
-from model import Qwen2, Tokenizer, add_lora, has_lora, load_tokenizer
+from eval import (build_prompt, default_device, dropout, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                  probability)
+from model import Qwen2, Tokenizer, add_lora, has_lora, load_tokenizer, refuse_16bit_full_finetuning
 
 MASK = "<MASK>"
 INSTRUCTION = ("The steps below are out of order, and one of them may be missing (shown as {mask}). "
@@ -205,13 +208,10 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 # -----------------------------------------------------------------------------
 # 3. Checkpoints: weights by save_pretrained, the rest (optimizer, RNG, LoRA adapters) beside them
 
-RESUME_KEYS = ("teacher_data", "rows", "seed", "batch_size", "grad_accum", "task", "mask_prob", "plain_ratio",
-               "epochs", "max_steps", "lr", "warmup_steps", "lora_rank", "lora_alpha", "max_length")
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.pt").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+# Every other option changes what the run computes, so --resume refuses a new value for it
+# (resume.check_config); these only say where, how often and how visibly, or how much memory.
+MAY_CHANGE_ON_RESUME = ("out", "resume", "stop_after", "save_every", "keep_checkpoints", "quiet", "device",
+                        "gradient_checkpointing")
 
 
 def rng_state() -> dict:
@@ -221,20 +221,19 @@ def rng_state() -> dict:
 
 def save_checkpoint(out: Path, step: int, model: Qwen2, optimizer, args, tokenizer_dir: Path,
                     rngs: list[dict], keep: int):
-    """OUT/checkpoint-STEP: the (merged) weights, loadable as they are, and trainer_state.pt with
-    what --resume needs besides: the step, the optimizer, every process's RNG state, the LoRA
-    adapters unmerged, and the options that must not change."""
-    folder = out / f"checkpoint-{step}"
-    model.save_pretrained(folder, tokenizer_dir=tokenizer_dir)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rngs,
-             "lora": {k: v for k, v in model.state_dict().items() if ".lora_" in k} if has_lora(model) else None,
-             "args": {k: getattr(args, k) for k in RESUME_KEYS}}
-    tmp = folder / "trainer_state.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / "trainer_state.pt")  # last: a checkpoint without it is ignored
-    old = sorted((p for p in out.glob("checkpoint-*") if p != folder), key=lambda p: int(p.name.split("-")[1]))
-    for p in old[:max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
+    """OUT/checkpoint-STEP: the (merged) weights, loadable as they are, and the trainer state
+    (resume.py) with what --resume needs besides: the optimizer, every process's RNG state
+    (rng.RANK.torch, rng.RANK.cuda.DEVICE) and the LoRA adapters unmerged as tensors; the step
+    and the options in the JSON."""
+    tensors, param_groups = resume.optimizer_tensors(optimizer)
+    for rank, rng in enumerate(rngs):
+        tensors[f"rng.{rank}.torch"] = rng["torch"]
+        tensors.update({f"rng.{rank}.cuda.{i}": t for i, t in enumerate(rng["cuda"])})
+    if has_lora(model):
+        tensors.update({f"lora.{k}": v for k, v in model.state_dict().items() if ".lora_" in k})
+    resume.save_checkpoint(model, out / f"checkpoint-{step}", tokenizer_dir, tensors,
+                           {"step": step, "param_groups": param_groups, "ranks": len(rngs), "args": vars(args)})
+    resume.remove_old_checkpoints(out, max(keep, 1))
 
 
 def save_final(model: Qwen2, out: Path, tokenizer_dir: Path):
@@ -253,52 +252,49 @@ def save_final(model: Qwen2, out: Path, tokenizer_dir: Path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="BRIDGE stage 1: masked, shuffled reconstruction of teacher rationales.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description="BRIDGE stage 1: masked, shuffled reconstruction of teacher rationales.",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="student checkpoint folder or hub id (e.g. Qwen/Qwen2.5-3B)")
     teacher.add_teacher_arguments(p, rows="0:2000")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--epochs", type=float, default=5, help="passes over the teacher rows")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=4, help="examples per forward pass (per process)")
-    p.add_argument("--grad-accum", type=int, default=8, help="micro-batches per optimizer step; "
+    p.add_argument("--epochs", type=positive_float, default=5, help="passes over the teacher rows")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="examples per forward pass (per process)")
+    p.add_argument("--grad-accum", type=positive_int, default=8, help="micro-batches per optimizer step; "
                    "effective batch = batch-size x grad-accum, split over the processes")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay of weight matrices")
-    p.add_argument("--warmup-steps", type=int, default=80, help="linear warm-up, then linear decay")
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
-    p.add_argument("--max-length", type=int, default=2048, help="prompt + target tokens")
-    p.add_argument("--mask-prob", type=float, default=0.7, help="probability that one step is masked")
-    p.add_argument("--plain-ratio", type=float, default=0.0,
+    p.add_argument("--lr", type=positive_float, default=5e-5, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01, help="AdamW decay of weight matrices")
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=80, help="linear warm-up, then linear decay")
+    p.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="gradient clipping")
+    p.add_argument("--max-length", type=positive_int, default=2048, help="prompt + target tokens")
+    p.add_argument("--mask-prob", type=probability, default=0.7, help="probability that one step is masked")
+    p.add_argument("--plain-ratio", type=probability, default=0.0,
                    help="plain eval-prompt -> rationale pairs per reconstruction example (0 = the paper)")
     p.add_argument("--task", default="reconstruct", choices=["reconstruct", "plain"],
                    help="reconstruct: BRIDGE's stage 1; plain: eval prompt -> teacher rationale only, i.e. "
                         "standard distillation (SFT), the baseline the paper compares against")
-    p.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning; the authors used 16")
-    p.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA scale alpha / rank")
-    p.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    p.add_argument("--lora-rank", type=nonnegative_int, default=16,
+                   help="LoRA rank on q/k/v/o, merged at the end (the authors: 16); 0 = full fine-tuning")
+    p.add_argument("--lora-alpha", type=positive_float, default=32.0, help="LoRA scale alpha / rank")
+    p.add_argument("--lora-dropout", type=dropout, default=0.05, help="dropout on the LoRA input")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, ~30%% slower")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weight dtype; float32 weights train under bf16 autocast on GPU")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--seed", type=int, default=42, help="masks, shuffles, example order, LoRA init")
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N optimizer steps (0 = never)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="the newest N checkpoints are kept")
+    p.add_argument("--seed", type=nonnegative_int, default=42, help="masks, shuffles, example order, LoRA init")
+    p.add_argument("--save-every", type=nonnegative_int, default=100, help="checkpoint every N optimizer steps (0 = never)")
+    p.add_argument("--keep-checkpoints", type=positive_int, default=2, help="the newest N checkpoints are kept")
     p.add_argument("--resume", action="store_true", help="continue from the latest OUT/checkpoint-STEP")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=positive_int, default=None,
                    help="stop after this many steps without changing the schedule (a job in pieces: then --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    if args.batch_size < 1 or args.grad_accum < 1:
-        p.error("--batch-size and --grad-accum must be >= 1")
-    if not 0.0 <= args.mask_prob <= 1.0 or not 0.0 <= args.plain_ratio <= 1.0:
-        p.error("--mask-prob and --plain-ratio must be in [0, 1]")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     from tqdm import tqdm
     args = parse_args(argv)
+    refuse_16bit_full_finetuning(args.dtype, args.lora_rank)  # trained weights stay float32
     dist_ctx = distributed.setup(args.device or default_device())
     device = dist_ctx.device
     out = Path(args.out)
@@ -310,23 +306,25 @@ def main(argv=None) -> dict:
     per_step = args.batch_size * args.grad_accum
     total_steps = args.max_steps or math.ceil(args.epochs * len(stream) / per_step)
 
-    # 2. the model, from --model or, resuming, from the latest checkpoint
-    checkpoint = latest_checkpoint(out) if args.resume else None
+    # 2. the model, from --model or, resuming, from the latest complete checkpoint (after the
+    # main process has put right what a kill during a save left behind)
     if not args.resume and (out / "metrics.jsonl").exists():
         raise SystemExit(f"{out} already holds a run (metrics.jsonl): pass --resume, or choose another --out")
-    state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False) if checkpoint else None
+    if args.resume and dist_ctx.is_main and out.is_dir():
+        resume.clean_checkpoints(out)
+    dist_ctx.barrier()
+    checkpoint = resume.latest_checkpoint(out) if args.resume and out.is_dir() else None
+    tensors, state = resume.load_trainer_state(checkpoint) if checkpoint else ({}, None)
     if state:
-        changed = [k for k in RESUME_KEYS if state["args"].get(k) != getattr(args, k)]
-        if changed:
-            raise SystemExit(f"{checkpoint}: cannot resume with different " + ", ".join(
-                f"--{k.replace('_', '-')} ({state['args'].get(k)!r} -> {getattr(args, k)!r})" for k in changed))
+        resume.check_config(state["args"], vars(args), MAY_CHANGE_ON_RESUME, checkpoint)
     source = checkpoint if state and not args.lora_rank else args.model
     model = Qwen2.from_pretrained(source, dtype=args.dtype, device=device)
     tokenizer = load_tokenizer(args.model)  # its folder stays put while old checkpoints are deleted
     if args.lora_rank:
         add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
         if state:
-            result = model.load_state_dict(state["lora"], strict=False)
+            lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+            result = model.load_state_dict(lora, strict=False)
             if result.unexpected_keys or any(".lora_" in k for k in result.missing_keys):
                 raise SystemExit(f"{checkpoint}: LoRA adapters do not match the model")
     model.gradient_checkpointing = args.gradient_checkpointing
@@ -338,12 +336,14 @@ def main(argv=None) -> dict:
                                   lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     start = 0
     if state:
-        optimizer.load_state_dict(state["optimizer"])
+        resume.load_optimizer(optimizer, tensors, state["param_groups"])
         start = state["step"]
-        rng = state["rng"][dist_ctx.rank % len(state["rng"])]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        rank = dist_ctx.rank % state["ranks"]
+        torch.set_rng_state(tensors[f"rng.{rank}.torch"])
+        devices = sum(k.startswith(f"rng.{rank}.cuda.") for k in tensors)
+        cuda = [tensors[f"rng.{rank}.cuda.{i}"] for i in range(devices)]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
     else:
         torch.manual_seed(args.seed + dist_ctx.rank)  # LoRA dropout differs per rank, like sampling
     autocast = device.type == "cuda" and model.dtype == torch.float32
@@ -356,9 +356,7 @@ def main(argv=None) -> dict:
     metrics_path = out / "metrics.jsonl"
     if dist_ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-                if json.loads(line)["step"] <= start]
-        write_atomic(metrics_path, "".join(line + "\n" for line in kept))
+        resume.truncate_metrics(metrics_path, start)  # the steps after the checkpoint are done again
         print(f"stage 1: {len(examples)} teacher examples ({len(stream)} per epoch), {total_steps} steps of "
               f"{per_step} examples, {sum(p.numel() for p in params):,} trainable parameters"
               + (f", resuming at step {start} from {checkpoint}" if state else ""))
@@ -435,4 +433,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

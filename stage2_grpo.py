@@ -18,12 +18,15 @@ difference of sequence-mean log-probs as its "KL". We implement the algorithm as
   2. rewards          reward(completion_text, example, ...) -> float, from a name -> function dict
   3. advantages       A_i = (r_i - mean(r_group)) / (std(r_group) + eps), the same for every
                       token of completion i; a group whose rewards are all equal has A = 0
+                      (--no-std-scale: A_i = r_i - mean(r_group), as Dr. GRPO)
   4. loss per token   -min(rho * A, clip(rho, 1 - eps, 1 + eps) * A) + beta * k3, with
                       rho = exp(log pi(t) - log pi_old(t)) and the k3 estimator of
                       KL(pi || pi_ref): exp(ref - new) - (ref - new) - 1; all log-probs at T
   5. aggregation      "seq-mean": mean over each completion's tokens, then over completions
                       (the original GRPO); "token-mean": one mean over every token of the batch
-                      (Dr. GRPO / DAPO: long completions are not down-weighted per token)
+                      (DAPO: long completions are not down-weighted per token); "dr-grpo": the
+                      sum over every token divided by the constant max_new_tokens * completions
+                      (Dr. GRPO, Liu et al. 2025, with --no-std-scale for its advantages)
 `--prompt plain` runs the same loop on eval.py's prompt alone: GRPO without a curriculum, the
 baseline BRIDGE is compared with (curriculum.sh's `grpo` row).
 Stage 3 (stage3_rewrite.py) imports this machinery rather than repeating it: GRPOConfig and
@@ -32,18 +35,25 @@ reward_fn), which only needs a prompt builder and a reward.
 
 Run it (the tiny world, a few minutes on a laptop CPU; then the paper's setting on a GPU):
     python stage2_grpo.py --model runs/tiny/stage1 --teacher-data runs/tiny/world/teacher.jsonl \\
-        --out runs/tiny/stage2 --words-per-step 8 --max-steps 40
-    python stage2_grpo.py --model runs/paper/stage1 --teacher-data gsm8k --rows 2000:4000 \\
-        --out runs/paper/stage2 --group-size 2 --beta 0.1 --epochs 3
+        --rows 400: --out runs/tiny/stage2 --words-per-step 8 --group-size 4 --max-steps 40
+    python stage2_grpo.py --model runs/paper/stage1 --teacher-data gsm8k --out runs/paper/stage2
+
+The defaults are the authors' settings (G=2, temperature 0.7, top-p 0.9, 256 new tokens, lr 1e-5,
+KL weight 0.1, 3 epochs, teacher rows 2000:4000), except the length budget: unless
+--words-per-step is given, it is scaled to the teacher data (calibrated_words_per_step; 35 for
+rationales shaped like the authors' R1 ones) and printed.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -54,10 +64,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+import cli
 import distributed
-from eval import NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop, write_atomic
+import resume
+from eval import (NUMBER, bounded, build_prompt as eval_prompt, dropout, extract_answer, is_correct, nonnegative_float,
+                  nonnegative_int, nucleus, positive_float, positive_int, should_stop, strip_continuation)
 from model import (Qwen2, add_lora, generate, has_lora, load_tokenizer, lora_disabled, merged_state_dict,
-                   token_logprobs)
+                   refuse_16bit_full_finetuning, token_logprobs)
+from stage1_reconstruct import lr_at
+from teacher import add_teacher_arguments, load_from_args
 
 # -----------------------------------------------------------------------------
 # 1. Masked-completion prompts
@@ -132,11 +147,36 @@ def _correct(text: str, example) -> bool:
     return is_correct(extract_answer(text), str(example.answer))
 
 
+def answer_part(text: str) -> str:
+    """The response up to the end of its first answer line (the authors cut there too): what
+    follows the answer is not part of the solution and must not count towards its length."""
+    text = strip_continuation(text)
+    match = re.search(r"(?:Final Answer|Answer):[^\n]*", text, re.IGNORECASE)
+    return text[:match.end()] if match else text
+
+
+# The authors' budget of 35 words a teacher step was set for R1 rationales of ~290 words in ~4.7
+# steps, i.e. B is ~0.57 of a teacher step's ~62 words. Other teacher data (GSM8K's own
+# solutions: ~58 words in ~4 steps) needs the same share of its own steps, or every response is
+# far under B and the length term is ~0 (tiny_world.py scales its world's budget the same way).
+PAPER_WORDS_PER_STEP = 35.0
+R1_WORDS_PER_STEP = 62.0
+
+
+def calibrated_words_per_step(examples: Sequence[Any]) -> float:
+    """35 * (the teacher data's words per step) / 62, words per step = all rationale words /
+    all steps: the paper's budget as the same share of this data's steps."""
+    words = sum(len(e.rationale.split()) for e in examples)
+    steps = sum(len(e.steps) for e in examples)
+    return round(PAPER_WORDS_PER_STEP * words / max(steps, 1) / R1_WORDS_PER_STEP, 1)
+
+
 def reward_paper(text: str, example, parts: dict | None = None, words_per_step: float = 35.0, **info) -> float:
     """The authors' hierarchical reward (PAPER.md, Stage 2), lengths in words.
 
     n = teacher steps, B = words_per_step * n, w = words in the response,
-    d = n - number of `Step k:` markers in the response.
+    d = n - number of `Step k:` markers in the response; w and d count the response up to the
+    end of its answer line (answer_part), as the authors cut it.
       wrong answer:                                   -2
       right, but no `Step k:` or no `Answer:`:        -1
       otherwise 1 + s + t, with
@@ -146,7 +186,8 @@ def reward_paper(text: str, example, parts: dict | None = None, words_per_step: 
             min(0.001 * (0.8 B - w), 0.2)   if w <= 0.8 B
     The maximum is 1 + 0.9 + 0.2 = 2.1."""
     parts = {} if parts is None else parts
-    n, w, markers = len(example.steps), len(text.split()), len(STEP_MARKER.findall(text))
+    solution = answer_part(text)
+    n, w, markers = len(example.steps), len(solution.split()), len(STEP_MARKER.findall(solution))
     correct = _correct(text, example)
     well_formed = markers > 0 and "Answer:" in text
     parts.update(correct=float(correct), format=float(well_formed), step_bonus=0.0, length=0.0, words=float(w))
@@ -255,17 +296,22 @@ def rollout(model, tokenizer, prompts: Sequence[Sequence[int]], group_size: int,
                     [tokenizer.decode(t) for t in out.tokens])
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r - group mean) / (group std + eps) for rewards laid out prompt-major, and a bool per
-    group that is true when all its rewards are equal (those rows get exactly 0).
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4,
+                     std_scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_i = (r_i - group mean) / (group std + eps) for rewards laid out prompt-major, and a
+    bool per group that is true when all its rewards are equal (those rows get exactly 0).
 
     The std is the sample std (Bessel-corrected, as torch.std, TRL and the authors use); with
-    G = 2 the two advantages are then +-0.707 whatever the reward gap."""
+    G = 2 the two advantages are then +-0.707 whatever the reward gap. std_scale=False
+    (--no-std-scale, Dr. GRPO) keeps A_i = r_i - group mean: a group whose rewards barely differ
+    is not blown up to the same weight as one whose rewards differ a lot."""
     groups = rewards.view(-1, group_size).double()
     spread = groups.max(-1).values - groups.min(-1).values
     zero_variance = spread == 0
     std = groups.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(groups[:, :1])
-    adv = (groups - groups.mean(-1, keepdim=True)) / (std + eps)
+    adv = groups - groups.mean(-1, keepdim=True)
+    if std_scale:
+        adv = adv / (std + eps)
     adv[zero_variance] = 0.0  # exactly zero, not a rounding residue
     return adv.view(-1).float(), zero_variance
 
@@ -275,6 +321,9 @@ def k3_kl(new_logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     d = ref - new. It is unbiased under samples from pi, never negative, and 0 where they agree."""
     d = ref_logp - new_logp
     return torch.exp(d) - d - 1.0
+
+
+LOSS_AGGREGATIONS = ("seq-mean", "token-mean", "dr-grpo")
 
 
 @dataclass
@@ -288,13 +337,22 @@ class LossStats:
 def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
               mask: torch.Tensor, ref_logp: torch.Tensor | None = None, beta: float = 0.0,
               clip_eps: float = 0.2, loss_agg: str = "seq-mean",
-              total: float | None = None) -> tuple[torch.Tensor, LossStats]:
+              total: float | None = None, max_new_tokens: int | None = None) -> tuple[torch.Tensor, LossStats]:
     """The PPO-clipped GRPO objective, as a loss to minimise.
 
     new_logp, old_logp, ref_logp, mask: [B, C] (mask true on completion tokens, EOS included,
-    padding excluded); advantages: [B]. `total` is the normaliser for the whole optimisation
-    batch when this call sees only a micro-batch of it: the number of (non-empty) completions
-    for "seq-mean", the number of tokens for "token-mean"; by default this batch's own."""
+    padding excluded); advantages: [B]. With l_it the per-token loss of completion i, token t,
+    and |o_i| its length, `loss_agg` sums them as
+      "seq-mean"    (1/N) sum_i (1/|o_i|) sum_t l_it           the original GRPO (Shao et al. 2024)
+      "token-mean"  (1 / sum_i |o_i|) sum_i sum_t l_it          DAPO (Yu et al. 2025): every token
+                                                                weighs the same, long or short
+      "dr-grpo"     (1 / (L_max * N)) sum_i sum_t l_it          Dr. GRPO (Liu et al. 2025): a
+                                                                constant, so no length bias at all
+    with N completions and L_max = max_new_tokens (default: this batch's padded width).
+    (Dr. GRPO also drops the std from the advantages: group_advantages(std_scale=False).)
+    `total` is the normaliser for the whole optimisation batch when this call sees only a
+    micro-batch of it: N for "seq-mean", sum_i |o_i| for "token-mean", L_max * N for
+    "dr-grpo"; by default this batch's own."""
     mask = mask.bool()
     # padded positions are zeroed before any arithmetic, so whatever they held (even inf or nan)
     # reaches neither the loss nor, through a 0 * nan, the gradient
@@ -319,8 +377,11 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     elif loss_agg == "token-mean":
         denominator = total if total is not None else max(int(lengths.sum()), 1)
         loss = per_token.sum() / denominator
+    elif loss_agg == "dr-grpo":
+        denominator = total if total is not None else (max_new_tokens or mask.shape[1]) * mask.shape[0]
+        loss = per_token.sum() / denominator
     else:
-        raise ValueError(f"loss_agg {loss_agg!r}: expected 'seq-mean' or 'token-mean'")
+        raise ValueError(f"loss_agg {loss_agg!r}: expected one of {LOSS_AGGREGATIONS}")
     with torch.no_grad():
         clipped = ((adv > 0) & (ratio > 1 + clip_eps)) | ((adv < 0) & (ratio < 1 - clip_eps))
         stats = LossStats(kl=float(torch.where(mask, kl, zero).sum()) if kl is not None else 0.0,
@@ -337,25 +398,33 @@ class GRPOConfig:
     model: str
     out: str
     ref_model: str | None = None          # default: the same checkpoint as --model
-    group_size: int = 4
-    prompts_per_step: int = 8
+    # the defaults are the authors' stage-2 settings (PAPER.md): G=2, T=0.7, top-p 0.9, 256 new
+    # tokens, lr 1e-5, KL weight 0.1, 3 epochs; add_grpo_arguments takes its defaults from here
+    group_size: int = 2
+    prompts_per_step: int = 1             # the authors step once per prompt (see the schedule below)
     max_steps: int | None = None
     epochs: float = 3.0
     lr: float = 1e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    # the authors' schedule (their trainer's): 10% linear warm-up, linear decay, weight decay
+    # 0.01; they step AdamW once per prompt, which is --prompts-per-step 1 (curriculum.sh)
+    weight_decay: float = 0.01
+    warmup_steps: int = 0                 # > 0 overrides warmup_ratio
+    warmup_ratio: float = 0.1
+    lr_schedule: str = "linear"           # "linear": warm-up, then linear decay; "constant": warm-up only
     max_grad_norm: float = 1.0
-    beta: float = 0.04
+    beta: float = 0.1
     clip_eps: float = 0.2
     temperature: float = 0.7
     top_p: float = 0.9
     max_new_tokens: int = 256
-    loss_agg: str = "seq-mean"
+    loss_agg: str = "seq-mean"            # LOSS_AGGREGATIONS, see grpo_loss
+    std_scale: bool = True                # divide advantages by the group std (off: Dr. GRPO)
     ppo_epochs: int = 1
     micro_batch_size: int = 8
     truncated: str = "keep"               # "keep" | "exclude" completions cut by the token limit
     keep_zero_variance: bool = False
     old_logprobs: str = "sampler"         # "sampler" | "recompute"
+    recompute_gap: float = 1e-3           # sampler: mean |gap| above which pi_old is the trainer's
     stop: str = "answer"                  # "answer": eval's stop rule; "eos": EOS only
     lora_rank: int = 0
     lora_alpha: float = 32.0
@@ -375,6 +444,12 @@ class GRPOConfig:
         return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
+# Every other option (of GRPOConfig, and of the stage's own command line) changes what the run
+# computes, so --resume refuses a new value for it (resume.check_config); these only say where,
+# how often and how visibly, or how much memory.
+MAY_CHANGE_ON_RESUME = ("out", "resume", "quiet", "save_every", "save_total_limit", "device", "gradient_checkpointing")
+
+
 def add_grpo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The GRPO options, shared by stage 2 and stage 3 (which may change defaults with
     parser.set_defaults, e.g. max_new_tokens=512)."""
@@ -387,38 +462,53 @@ def add_grpo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"],
                    help="weights dtype (default: float32; on CUDA, bf16 autocast is used for the forward passes)")
     g.add_argument("--device", default=d.device, help="default: cuda if available, else cpu")
-    g.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0: full fine-tuning; else LoRA on q/k/v/o")
-    g.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
-    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--lora-rank", type=nonnegative_int, default=d.lora_rank, help="0: full fine-tuning; else LoRA on q/k/v/o")
+    g.add_argument("--lora-alpha", type=positive_float, default=d.lora_alpha, help="LoRA scale alpha / rank")
+    g.add_argument("--lora-dropout", type=dropout, default=d.lora_dropout, help="dropout on the LoRA input")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, slower")
     g = parser.add_argument_group("GRPO")
-    g.add_argument("--group-size", type=int, default=d.group_size, help="G completions per prompt (authors: 2)")
-    g.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="prompts per GRPO step (all processes)")
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help="GRPO steps (default: from --epochs)")
-    g.add_argument("--epochs", type=float, default=d.epochs, help="passes over the prompts when --max-steps is not set")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up, then constant")
-    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
-    g.add_argument("--beta", type=float, default=d.beta, help="k3 KL weight (authors: 0.1); 0 loads no reference")
-    g.add_argument("--clip-eps", type=float, default=d.clip_eps)
-    g.add_argument("--temperature", type=float, default=d.temperature)
-    g.add_argument("--top-p", type=float, default=d.top_p)
-    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    g.add_argument("--loss-agg", default=d.loss_agg, choices=["seq-mean", "token-mean"])
-    g.add_argument("--ppo-epochs", type=int, default=d.ppo_epochs, help="optimiser steps on each batch of rollouts")
-    g.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size, help="completions per forward/backward")
+    g.add_argument("--group-size", type=bounded(int, 2), default=d.group_size, help="G completions per prompt (authors: 2)")
+    g.add_argument("--prompts-per-step", type=positive_int, default=d.prompts_per_step, help="prompts per GRPO step (all processes)")
+    g.add_argument("--max-steps", type=positive_int, default=d.max_steps, help="GRPO steps (None: from --epochs)")
+    g.add_argument("--epochs", type=positive_float, default=d.epochs, help="passes over the prompts when --max-steps is not set")
+    g.add_argument("--lr", type=positive_float, default=d.lr, help="AdamW learning rate")
+    g.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay, help="AdamW weight decay")
+    g.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps,
+                   help="linear warm-up steps; 0: --warmup-ratio of the run")
+    g.add_argument("--warmup-ratio", type=bounded(float, 0, 1), default=d.warmup_ratio,
+                   help="linear warm-up over this share of the steps (authors: 0.1)")
+    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=["linear", "constant"],
+                   help="after the warm-up: linear decay towards 0 at the last step (authors), or constant")
+    g.add_argument("--max-grad-norm", type=positive_float, default=d.max_grad_norm, help="gradient clipping")
+    g.add_argument("--beta", type=nonnegative_float, default=d.beta, help="k3 KL weight (authors: 0.1); 0 loads no reference")
+    g.add_argument("--clip-eps", type=bounded(float, 0, 1, low_open=True, high_open=True), default=d.clip_eps,
+                   help="PPO clip range: the ratio is clipped to [1 - eps, 1 + eps]")
+    g.add_argument("--temperature", type=positive_float, default=d.temperature,
+                   help="sampling temperature, also used for every log-prob")
+    g.add_argument("--top-p", type=nucleus, default=d.top_p, help="nucleus sampling mass")
+    g.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="completion length limit")
+    g.add_argument("--loss-agg", default=d.loss_agg, choices=LOSS_AGGREGATIONS,
+                   help="how per-token losses are summed (see grpo_loss): seq-mean (GRPO), token-mean (DAPO), "
+                        "dr-grpo (Dr. GRPO: sum / (max-new-tokens x completions))")
+    g.add_argument("--no-std-scale", dest="std_scale", action="store_false",
+                   help="advantages r - mean(group), not divided by the group std (Dr. GRPO)")
+    g.add_argument("--ppo-epochs", type=positive_int, default=d.ppo_epochs, help="optimiser steps on each batch of rollouts")
+    g.add_argument("--micro-batch-size", type=positive_int, default=d.micro_batch_size, help="completions per forward/backward")
     g.add_argument("--truncated", default=d.truncated, choices=["keep", "exclude"],
                    help="completions cut by --max-new-tokens: train on them, or score them but leave them out of the loss")
     g.add_argument("--keep-zero-variance", action="store_true",
                    help="also train on groups whose rewards are all equal (no policy gradient, only the KL pull)")
     g.add_argument("--old-logprobs", default=d.old_logprobs, choices=["sampler", "recompute"],
                    help="pi_old: the sampler's own log-probs, or a fresh no-grad forward pass")
+    g.add_argument("--recompute-gap", type=nonnegative_float, default=d.recompute_gap,
+                   help="with --old-logprobs sampler: a micro-batch whose mean |log-prob gap| between sampler and "
+                        "trainer exceeds this trains against the trainer's own log-probs (free; see train_grpo)")
     g.add_argument("--stop", default=d.stop, choices=["answer", "eos"],
                    help="end a completion at eval's stop rule (after the answer line) or only at EOS")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: only at the end)")
-    g.add_argument("--save-total-limit", type=int, default=d.save_total_limit, help="intermediate checkpoints kept")
+    g.add_argument("--seed", type=nonnegative_int, default=d.seed, help="sampling, data order and LoRA init")
+    g.add_argument("--save-every", type=nonnegative_int, default=d.save_every, help="checkpoint every N steps (0: only at the end)")
+    g.add_argument("--save-total-limit", type=nonnegative_int, default=d.save_total_limit,
+                   help="intermediate checkpoints kept (0: all)")
     g.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoint-STEP")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -440,19 +530,23 @@ def step_examples(n_examples: int, prompts_per_step: int, step: int, seed: int) 
     return picks
 
 
-def find_checkpoint(out: Path) -> Path | None:
-    """The newest OUT/checkpoint-STEP whose trainer_state.pt (written last) exists."""
-    done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.pt").is_file()
-            and p.name.split("-")[-1].isdigit()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+def learning_rate(cfg: GRPOConfig, step: int, total: int) -> float:
+    """The learning rate of step `step` (from 0) of `total`: linear warm-up over --warmup-steps
+    (or ceil(--warmup-ratio x total), as the authors' trainer counts it), then linear decay
+    (stage 1's lr_at: neither the first nor the last step gets 0) or constant. A function of
+    the step alone, so --resume continues the schedule exactly."""
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total)
+    if cfg.lr_schedule == "linear":
+        return lr_at(step, total, warmup, cfg.lr)
+    return cfg.lr * min(1.0, (step + 1) / warmup) if warmup else cfg.lr
 
 
-def save_final(model, out: Path):
+def save_final(model, out: Path, tokenizer_dir: Path):
     """model.save_pretrained replaces its whole folder, which would delete metrics.jsonl and
     the checkpoints beside it; save to a sibling and move the model files in, config.json last
     (a folder with a config.json is complete)."""
     staging = out.with_name(f".{out.name}.final")
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, tokenizer_dir=tokenizer_dir)
     names = sorted(p.name for p in staging.iterdir())
     for name in [n for n in names if n != "config.json"] + ["config.json"]:
         (staging / name).replace(out / name)
@@ -513,7 +607,8 @@ def _pad(rows: list[list[float]], width: int, device) -> torch.Tensor:
 
 def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                build_prompt: Callable[[Any, random.Random], str], reward_fn: RewardFn,
-               desc: str = "grpo", train_prompt: Callable[[Any, random.Random], str] | None = None) -> dict:
+               desc: str = "grpo", train_prompt: Callable[[Any, random.Random], str] | None = None,
+               options: dict | None = None) -> dict:
     """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
     reward_fn(text, example, parts=..., **info) scores each completion. Writes the final
     checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary
@@ -521,7 +616,11 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
 
     train_prompt, when given, is the prompt the loss conditions each completion on instead of
     the one it was sampled from (stage 3 samples rewrites from a rewriting prompt and can train
-    them under the plain evaluation prompt); pi_old is then recomputed under it."""
+    them under the plain evaluation prompt); pi_old is then recomputed under it.
+
+    options: the whole command line (vars(args)), when the caller has more options than
+    GRPOConfig (the data, the reward); they are saved with each checkpoint and --resume refuses
+    to continue when one of them changed (MAY_CHANGE_ON_RESUME excepted)."""
     from tqdm import tqdm
 
     cfg = config if isinstance(config, GRPOConfig) else GRPOConfig.from_args(config)
@@ -529,6 +628,11 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         raise ValueError("train_grpo: no examples")
     if cfg.group_size < 2:
         raise ValueError(f"--group-size {cfg.group_size}: GRPO needs at least 2 completions per prompt")
+    if cfg.loss_agg not in LOSS_AGGREGATIONS:
+        raise ValueError(f"--loss-agg {cfg.loss_agg!r}: expected one of {LOSS_AGGREGATIONS}")
+    if cfg.lr_schedule not in ("linear", "constant"):
+        raise ValueError(f"--lr-schedule {cfg.lr_schedule!r}: expected linear or constant")
+    refuse_16bit_full_finetuning(cfg.dtype, cfg.lora_rank)  # trained weights stay float32
     owns_process_group = not torch.distributed.is_initialized()
     dist = distributed.setup(cfg.device)
     if cfg.prompts_per_step < dist.world_size:
@@ -538,21 +642,31 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    # 1. the policy (from the newest checkpoint when resuming), its reference and the optimiser
-    resume_from = find_checkpoint(out) if cfg.resume else None
+    # 1. the policy (from the newest complete checkpoint when resuming, after the main process
+    #    has put right what a kill during a save left behind), its reference and the optimiser
+    run_config = {**dataclasses.asdict(cfg), **(options or {})}
+    if cfg.resume and dist.is_main and out.is_dir():
+        resume.clean_checkpoints(out)
+    dist.barrier()
+    resume_from = resume.latest_checkpoint(out) if cfg.resume and out.is_dir() else None
     if cfg.resume and resume_from is None and dist.is_main:
         print(f"--resume: no checkpoint in {out}, starting from step 0")
-    state = torch.load(resume_from / "trainer_state.pt", map_location="cpu", weights_only=False) if resume_from else None
+    tensors, state = resume.load_trainer_state(resume_from) if resume_from else ({}, None)
+    if state is not None:  # before anything is loaded: the reference below is --model's, unchecked otherwise
+        resume.check_config(state["config"], run_config, MAY_CHANGE_ON_RESUME, resume_from)
     # With LoRA the checkpoint holds merged weights; we rebuild base + adapters instead, so the
     # reference (adapters off) is still the original model.
     weights = resume_from if resume_from is not None and not cfg.lora_rank else cfg.model
     model = Qwen2.from_pretrained(weights, dtype=cfg.dtype or "float32", device=device)
-    tokenizer = load_tokenizer(model.source_dir)
+    # The tokenizer (and what every save copies beside the weights) comes from --model, never
+    # from the checkpoint resumed from: rotation deletes that folder a few saves later.
+    tokenizer = load_tokenizer(cfg.model)
     ref = None
     if cfg.lora_rank:
         add_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
         if state is not None:
-            model.load_state_dict(state["lora"], strict=False)
+            model.load_state_dict({k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")},
+                                  strict=False)
         if cfg.ref_model and cfg.ref_model != cfg.model and cfg.beta:
             raise ValueError("--ref-model with --lora-rank: the reference is --model with adapters off")
     elif cfg.beta:
@@ -560,13 +674,16 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         ref.requires_grad_(False)
     model.gradient_checkpointing = cfg.gradient_checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # weight decay on matrices only, as in stage 1 and the authors' trainer (not biases or norms)
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
     start_step = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        resume.load_optimizer(optimizer, tensors, state["param_groups"])
         start_step = state["step"]
-        random.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        version, internal, gauss_next = state["python_rng"]  # random.getstate(), tuples as JSON lists
+        random.setstate((version, tuple(internal), gauss_next))
+        torch.set_rng_state(tensors["rng.torch"])
     steps_per_epoch = math.ceil(len(examples) / cfg.prompts_per_step)
     max_steps = cfg.max_steps if cfg.max_steps is not None else max(1, round(cfg.epochs * steps_per_epoch))
     stop_fn = should_stop if cfg.stop == "answer" else None
@@ -574,10 +691,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
     # metrics.jsonl keeps the steps before the resume point, so a resumed run reads as one run
     metrics_path = out / "metrics.jsonl"
     if dist.is_main:
-        kept = []
-        if start_step and metrics_path.is_file():
-            kept = [l for l in metrics_path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= start_step]
-        write_atomic(metrics_path, "".join(l + "\n" for l in kept))
+        resume.truncate_metrics(metrics_path, start_step)
     history: list[dict] = []
     bar = tqdm(range(start_step, max_steps), initial=start_step, total=max_steps, desc=desc,
                disable=cfg.quiet or not dist.is_main, dynamic_ncols=True)
@@ -608,7 +722,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                       max_new_tokens=cfg.max_new_tokens, truncated=trunc)
             for row, (text, tokens, trunc) in enumerate(zip(ro.texts, ro.completions, ro.truncated))],
             dtype=torch.float32)
-        advantages, zero_var = group_advantages(rewards, cfg.group_size)
+        advantages, zero_var = group_advantages(rewards, cfg.group_size, std_scale=cfg.std_scale)
         rows = [r for r in range(len(ro.texts))
                 if (cfg.keep_zero_variance or not zero_var[r // cfg.group_size])
                 and not (cfg.truncated == "exclude" and ro.truncated[r])]
@@ -634,13 +748,17 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
 
         # 6. optimise: --ppo-epochs passes over the batch, each one optimiser step, gradients
         #    accumulated over micro-batches and normalised by the whole (all-process) batch
-        n_rows, n_tokens = dist.sum([len(rows), sum(len(c) for c in sel_comps)])
-        total = (n_rows if cfg.loss_agg == "seq-mean" else n_tokens) / dist.world_size
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        n_rows, n_tokens, n_sampled = dist.sum([len(rows), sum(len(c) for c in sel_comps), len(ro.completions)])
+        # grpo_loss's normaliser for the whole batch; Dr. GRPO's counts every sampled completion
+        # (those left out of the loss too), so it is the same constant at every step
+        total = {"seq-mean": n_rows, "token-mean": n_tokens,
+                 "dr-grpo": n_sampled * cfg.max_new_tokens}[cfg.loss_agg] / dist.world_size
+        lr = learning_rate(cfg, step, max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         train_without_dropout(model)
         stats, loss_sum, grad_norm, gap = LossStats(), 0.0, 0.0, 0.0
+        gap_sum, n_recomputed = 0.0, 0
         for ppo_epoch in range(cfg.ppo_epochs if n_rows else 0):
             optimizer.zero_grad(set_to_none=False)
             for lo in range(0, len(rows), cfg.micro_batch_size):
@@ -650,6 +768,20 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                                                   cfg.temperature, tokenizer.pad_token_id)
                 width = new_lp.shape[1]
                 old_t = _pad(old[lo:hi], width, device)
+                if ppo_epoch == 0:
+                    # sampler vs trainer, same weights: any gap is numerics (bf16, cached decode vs
+                    # one full pass). A material one would clip on noise, so this micro-batch then
+                    # trains against the trainer's own log-probs, which are exactly what
+                    # --old-logprobs recompute computes (the weights have not moved yet this step).
+                    # --recompute-gap's 1e-3: float32 measures ~1e-6; bf16 on the tiny world
+                    # ~3e-4 with the float32 head (1e-3 with a bf16 head), its largest gaps then
+                    # 0.02 (0.07), against a clip range of log 1.2 = 0.18
+                    gaps = torch.where(mask, (new_lp.detach() - old_t).abs(), 0)
+                    gap, gap_sum = max(gap, float(gaps.max())), gap_sum + float(gaps.sum())
+                    if float(gaps.sum()) > cfg.recompute_gap * float(mask.sum()):
+                        old_t = new_lp.detach()
+                        old[lo:hi] = [row[:len(c)].tolist() for row, c in zip(old_t, sel_comps[lo:hi])]
+                        n_recomputed += hi - lo
                 ref_t = _pad(ref_lp[lo:hi], width, device) if ref_lp is not None else None
                 adv = advantages[[rows[i] for i in range(lo, hi)]].to(device)
                 loss, s = grpo_loss(new_lp, old_t, adv, mask, ref_t, cfg.beta, cfg.clip_eps, cfg.loss_agg, total)
@@ -659,7 +791,6 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                 if ppo_epoch == 0:
                     stats.kl += s.kl
                     stats.tokens += s.tokens
-                    gap = max(gap, float(torch.where(mask, (new_lp.detach() - old_t).abs(), 0).max()))
             for p in params:  # every process must join the all-reduce, even with no rows here
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
@@ -674,6 +805,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                  "tokens": sum(len(c) for c in ro.completions), "truncated": sum(ro.truncated),
                  "zero_var": float(zero_var.sum()), "groups": len(zero_var), "kl": stats.kl,
                  "trained_tokens": stats.tokens, "clipped": stats.clipped, "loss": loss_sum,
+                 "gap_sum": gap_sum, "recomputed": n_recomputed,
                  **{f"part_{k}": sum(p.get(k, 0.0) for p in parts) for k in part_names}}
         tot = dict(zip(local, dist.sum(list(local.values()))))
         n = max(tot["rows"], 1)
@@ -688,6 +820,8 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
             "kl": tot["kl"] / max(tot["trained_tokens"], 1),
             "clip_fraction": tot["clipped"] / max(tot["trained_tokens"] * cfg.ppo_epochs, 1),
             "loss": tot["loss"] / (max(cfg.ppo_epochs, 1) * dist.world_size), "grad_norm": grad_norm, "logprob_gap": gap, "lr": lr,
+            "logprob_gap_mean": tot["gap_sum"] / max(tot["trained_tokens"], 1),  # vs --recompute-gap
+            "old_recomputed": tot["recomputed"] / max(n_rows, 1),  # trained against the trainer's pi_old
             "rollout_seconds": round(rollout_seconds, 3), "train_seconds": round(train_seconds, 3),
         }
         history.append(record)
@@ -697,27 +831,24 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
             bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_tokens']:.0f}",
                             acc=f"{record['accuracy'] or 0:.2f}")
 
-        # 8. checkpoint: weights (LoRA merged) + optimiser and RNG state, trainer_state.pt last
+        # 8. checkpoint: weights (LoRA merged) and the trainer state (resume.py): optimiser,
+        #    torch RNG and LoRA adapters as tensors; step, Python RNG and the options as JSON
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < max_steps and dist.is_main:
-            folder = out / f"checkpoint-{step + 1}"
-            model.save_pretrained(folder)
-            trainer_state = {"step": step + 1, "optimizer": optimizer.state_dict(),
-                             "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
-                             "config": dataclasses.asdict(cfg)}
+            tensors, param_groups = resume.optimizer_tensors(optimizer)
+            tensors["rng.torch"] = torch.get_rng_state()
             if has_lora(model):
-                trainer_state["lora"] = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
-            torch.save(trainer_state, folder / "trainer_state.pt.tmp")
-            (folder / "trainer_state.pt.tmp").replace(folder / "trainer_state.pt")
-            old_ones = sorted((p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                              key=lambda p: int(p.name.split("-")[-1]))
-            for stale in old_ones[:-cfg.save_total_limit] if cfg.save_total_limit > 0 else []:
-                shutil.rmtree(stale, ignore_errors=True)
+                tensors.update({f"lora.{k}": v for k, v in model.state_dict().items() if ".lora_" in k})
+            resume.save_checkpoint(model, out / f"checkpoint-{step + 1}", tokenizer.folder, tensors,
+                                   {"step": step + 1, "param_groups": param_groups,
+                                    "python_rng": random.getstate(), "config": run_config})
+            if cfg.save_total_limit > 0:
+                resume.remove_old_checkpoints(out, cfg.save_total_limit)
         dist.barrier()
     bar.close()
 
     # 9. the final checkpoint, beside metrics.jsonl
     if dist.is_main:
-        save_final(model, out)
+        save_final(model, out, tokenizer.folder)
     dist.barrier()
     summary = {"steps": max_steps, "out": str(out)}
     # under torchrun every process must end with the same weights (the one checkpoint rank 0
@@ -742,28 +873,39 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
 # 6. Command line
 
 
-def parse_rows(text: str | None) -> slice | None:
-    """`START:END` (Python slice syntax, either side optional) -> slice."""
-    if not text:
-        return None
-    try:
-        start, end = text.split(":")
-        return slice(int(start) if start else None, int(end) if end else None)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--rows {text!r}: expected START:END, e.g. 2000:4000") from None
+def add_reward_arguments(group, rewards: dict[str, RewardFn], default: str):
+    """--reward and the options rewards take (stage 3 shares them): each reward gets those of
+    reward_options(args) that it names as parameters."""
+    group.add_argument("--reward", default=default, choices=sorted(rewards), help="the reward, by name")
+    group.add_argument("--words-per-step", type=positive_float, default=None,
+                       help="paper reward: B = this * teacher steps (None: 35 scaled to the teacher data's words "
+                            "per step, see calibrated_words_per_step; the value used is printed)")
+    group.add_argument("--overlong-buffer", type=positive_int, default=64,
+                       help="overlong reward: tokens before the limit where the penalty starts")
+
+
+def reward_with_options(args, rewards: dict[str, RewardFn], examples: Sequence[Any], desc: str) -> RewardFn:
+    """rewards[args.reward] with the options of add_reward_arguments that it names as parameters
+    bound; --words-per-step, when not given, is calibrated to `examples` and printed."""
+    reward = rewards[args.reward]
+    takes = inspect.signature(reward).parameters
+    options = {"words_per_step": args.words_per_step, "overlong_buffer": args.overlong_buffer}
+    if "words_per_step" in takes and args.words_per_step is None:
+        options["words_per_step"] = calibrated_words_per_step(examples)
+        words = sum(len(e.rationale.split()) for e in examples) / max(sum(len(e.steps) for e in examples), 1)
+        if os.environ.get("RANK", "0") == "0":   # once under torchrun
+            print(f"{desc}: --words-per-step {options['words_per_step']:g} (35 x {words:.1f} teacher words per step "
+                  f"/ {R1_WORDS_PER_STEP:g}, the authors' R1 rationales; pass --words-per-step to override)")
+    return functools.partial(reward, **{k: v for k, v in options.items() if k in takes})
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="BRIDGE stage 2: GRPO on masked completion.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description="BRIDGE stage 2: GRPO on masked completion.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_grpo_arguments(parser)
     g = parser.add_argument_group("stage 2 data and reward")
-    g.add_argument("--teacher-data", default="gsm8k",
-                   help="gsm8k, a teacher JSONL, the authors' stage-1/2 JSONL or stage-3 JSON (see teacher.py)")
-    g.add_argument("--rows", type=parse_rows, default=None, help="START:END slice of the teacher records (authors: 2000:4000)")
-    g.add_argument("--reward", default="paper", choices=sorted(REWARDS))
-    g.add_argument("--words-per-step", type=float, default=35.0, help="paper reward: B = this * teacher steps")
-    g.add_argument("--overlong-buffer", type=int, default=64, help="overlong reward: tokens before the limit where the penalty starts")
+    add_teacher_arguments(g, rows="2000:4000")   # the authors' stage-2 rows
+    add_reward_arguments(g, REWARDS, default="paper")
     g.add_argument("--mask-answer-steps", action="store_true",
                    help="always mask the teacher steps that state the gold answer, so the prompt never gives "
                         "it away (the paper masks at random; see mask_steps)")
@@ -772,15 +914,10 @@ def main(argv=None) -> dict:
                         "prompt alone, i.e. GRPO without a curriculum (a baseline)")
     args = parser.parse_args(argv)
 
-    from teacher import load_teacher_data
-    examples = load_teacher_data(args.teacher_data, rows=args.rows)
-    options = {"paper": {"words_per_step": args.words_per_step}, "overlong": {"overlong_buffer": args.overlong_buffer}}
-
-    def reward_fn(text, example, **info):
-        return REWARDS[args.reward](text, example, **options.get(args.reward, {}), **info)
-
+    examples = load_from_args(args)
+    reward_fn = reward_with_options(args, REWARDS, examples, desc="stage 2")
     prompt_fn = prompt_builder(args.prompt, args.mask_answer_steps)
-    summary = train_grpo(GRPOConfig.from_args(args), examples, prompt_fn, reward_fn, desc="stage2")
+    summary = train_grpo(GRPOConfig.from_args(args), examples, prompt_fn, reward_fn, desc="stage2", options=vars(args))
     if "last_reward" in summary:
         print(f"stage 2: {summary['steps']} steps, mean reward {summary['first_reward']:.3f} -> "
               f"{summary['last_reward']:.3f}, completion tokens {summary['first_tokens']:.1f} -> "
@@ -789,4 +926,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

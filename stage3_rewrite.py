@@ -10,14 +10,16 @@ teacher's. The questions are the student's own persistent failures, so its rewar
 spent exactly where it is weakest.
 
 The pieces, in the order this file defines them:
-  1. failure mining   - k sampled attempts per question (default 4 at temperature 0.7); a
-                        question is a persistent failure when at least t of them are wrong
-                        (default t = k: never right). k=1 with greedy decoding is the authors'
-                        rule. The mined set is written as JSONL (a valid teacher file plus the
+  1. failure mining   - k attempts per question; a question is a persistent failure when at
+                        least t of them are wrong (default t = k: never right). The default,
+                        k=1 greedy attempt (--attempts 1 --mine-temperature 0), is the
+                        authors' rule; e.g. --attempts 4 --mine-temperature 0.7 samples.
+                        The mined set is written as JSONL (a valid teacher file plus the
                         attempts), and `--failures PATH` reuses one instead of mining.
   2. the prompt       - the question and the teacher's full rationale, with the instruction to
                         rewrite it step by step, shorter, same answer, ending in `Final Answer: N`.
-  3. rewards          - `paper_rewrite`, the ratio reward of PAPER.md, and alternatives by name.
+  3. rewards          - `paper_rewrite`, the ratio reward of PAPER.md, and alternatives by name
+                        (stage 2's too, with stage 2's options: --words-per-step, --overlong-buffer).
   4. GRPO             - imported from stage2_grpo.py: the same loop, options, metrics.jsonl,
                         checkpoints and --resume. Only the prompts and the reward are this file's.
 
@@ -34,8 +36,11 @@ prompt at all (one of its defects, like those PAPER.md lists for stage 2), which
 reading's effect, not the first's; hence the default. Which transfers better is one flag to
 compare (we have not measured it yet).
 
+The defaults are the authors' settings (G=2, temperature 0.7, top-p 0.9, 512 new tokens, lr
+1e-5, KL weight 0.1, 5 epochs, failures mined from teacher rows 2000: with one greedy attempt).
+
     python stage3_rewrite.py --model runs/tiny/stage2 --teacher-data runs/tiny/world/teacher.jsonl \
-        --rows 400: --out runs/tiny/stage3
+        --rows 400: --out runs/tiny/stage3 --attempts 2 --mine-temperature 0.7 --group-size 8
     python stage3_rewrite.py --model runs/paper/stage2 --teacher-data ../shared/data/bridge/stage3_error_samples.json \
         --failures ../shared/data/bridge/stage3_error_samples.json --out runs/paper/stage3   # the authors' failure set
 """
@@ -48,8 +53,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import cli
 import stage2_grpo as stage2
-from eval import build_prompt, extract_answer, is_correct, should_stop, strip_continuation, write_atomic
+from eval import (build_prompt, extract_answer, is_correct, nonnegative_float, nucleus, positive_int, should_stop,
+                  write_atomic)
+from stage2_grpo import answer_part
 from teacher import add_teacher_arguments, load_from_args, load_teacher_data
 
 # -----------------------------------------------------------------------------
@@ -170,18 +178,12 @@ def build_rewrite_prompt(question: str, rationale: str) -> str:
 #
 # The signature is stage 2's (stage2_grpo.py, section 2): `example` is a Failure (or any
 # teacher record), `parts` collects the components for metrics.jsonl, `info` carries token
-# counts a reward may ignore. Stage 2's rewards that need only the answer are offered too.
+# counts a reward may ignore. Stage 2's rewards are offered too, with stage 2's options
+# (stage2.add_reward_arguments): `paper` judges a rewrite as stage 2 judges a completion, its
+# budget B = words_per_step * the teacher's steps.
 
 STEP_MARKER = re.compile(r"Step\s*\d+\s*:", re.IGNORECASE)
 ANSWER_MARKER = re.compile(r"Answer:", re.IGNORECASE)
-
-
-def answer_part(text: str) -> str:
-    """The response up to the end of its first answer line (the authors cut there too): what
-    follows the answer is not part of the rewrite and must not count towards its length."""
-    text = strip_continuation(text)
-    match = re.search(r"(?:Final Answer|Answer):[^\n]*", text, re.IGNORECASE)
-    return text[:match.end()] if match else text
 
 
 def word_count(text: str) -> int:
@@ -250,7 +252,8 @@ def rewrite_linear(text: str, example, parts: dict | None = None, **info) -> flo
 REWARDS: dict[str, Callable[..., float]] = {
     "paper_rewrite": paper_rewrite,
     "rewrite_linear": rewrite_linear,
-    # stage 2's answer-only rewards: correctness alone, DAPO's overlong penalty, cosine length
+    # stage 2's: its hierarchical length reward, correctness alone, DAPO's overlong penalty, cosine length
+    "paper": stage2.reward_paper,
     "correct": stage2.reward_correct,
     "overlong": stage2.reward_overlong,
     "cosine": stage2.reward_cosine,
@@ -296,44 +299,47 @@ def mine(args, examples: Sequence, dist) -> list[Failure]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="BRIDGE stage 3: GRPO on rewriting the teacher's rationale "
-                                     "for the student's persistent failures.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description="BRIDGE stage 3: GRPO on rewriting the teacher's rationale "
+                                "for the student's persistent failures.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     stage2.add_grpo_arguments(parser)
     parser.set_defaults(max_new_tokens=512, epochs=5.0)  # the authors' stage-3 settings
     g = parser.add_argument_group("stage 3: failure mining")
-    add_teacher_arguments(g)
+    add_teacher_arguments(g, rows="2000:")   # the authors mined rows 2000 onwards
     g.add_argument("--failures", default=None,
                    help="train on this failure set instead of mining one: a failures.jsonl written by "
                         "this script, any teacher JSONL, or the authors' stage3_error_samples.json")
-    g.add_argument("--attempts", type=int, default=4,
-                   help="k answers sampled per question (k=1 with --mine-temperature 0: the authors' rule)")
-    g.add_argument("--failure-threshold", type=int, default=None,
-                   help="t: persistent failure when at least t of the k attempts are wrong (default: k)")
-    g.add_argument("--mine-temperature", type=float, default=0.7, help="0: greedy")
-    g.add_argument("--mine-top-p", type=float, default=1.0)
-    g.add_argument("--mine-max-new-tokens", type=int, default=512, help="as eval.py")
-    g.add_argument("--mine-batch-size", type=int, default=32, help="sequences per generate call")
+    g.add_argument("--attempts", type=positive_int, default=1,
+                   help="k answers per question (k=1 with --mine-temperature 0: the authors' rule)")
+    g.add_argument("--failure-threshold", type=positive_int, default=None,
+                   help="t: persistent failure when at least t of the k attempts are wrong (None: k)")
+    g.add_argument("--mine-temperature", type=nonnegative_float, default=0.0, help="0: greedy (the authors)")
+    g.add_argument("--mine-top-p", type=nucleus, default=1.0, help="nucleus sampling mass (with temperature > 0)")
+    g.add_argument("--mine-max-new-tokens", type=positive_int, default=512, help="as eval.py")
+    g.add_argument("--mine-batch-size", type=positive_int, default=32, help="sequences per generate call")
     g = parser.add_argument_group("stage 3: prompt and reward")
-    g.add_argument("--reward", default="paper_rewrite", choices=sorted(REWARDS))
+    stage2.add_reward_arguments(g, REWARDS, default="paper_rewrite")
     g.add_argument("--policy-prompt", default="eval", choices=POLICY_PROMPTS,
                    help="the prompt each sampled rewrite is scored under in the loss: the plain "
                         "evaluation prompt, or the rewriting prompt it was sampled from (see the docstring)")
     args = parser.parse_args(argv)
     if args.failure_threshold is None:
         args.failure_threshold = args.attempts
-    is_persistent(0, args.attempts, args.failure_threshold)  # a bad threshold fails before any work
+    if args.failure_threshold > args.attempts:  # a bad threshold fails before any work
+        parser.error(f"argument --failure-threshold: expected an integer in [1, --attempts = {args.attempts}], "
+                     f"got {args.failure_threshold}")
 
     import distributed
     dist = distributed.setup(args.device)
     out = Path(args.out)
     stage2.refuse_existing_run(out, args.resume)   # before mining, which takes a while
+    stage2.refuse_16bit_full_finetuning(args.dtype, args.lora_rank)  # so is this one
     mined_path = out / "failures.jsonl"
 
     # 1. the failure set: given, reused on --resume, or mined from the student's own answers
     source = args.failures or (str(mined_path) if args.resume and mined_path.is_file() else None)
     if source:
-        failures = load_teacher_data(source, quiet=not dist.is_main)
+        failures = load_teacher_data(source, quiet=not dist.is_main, thinking=args.thinking)
         note = f"{len(failures)} failures from {source}"
     else:
         examples = load_from_args(args, quiet=not dist.is_main)
@@ -348,8 +354,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"stage 3: no persistent failures to train on ({note})")
 
     # 2. GRPO on the rewriting prompts, with the chosen reward and the chosen loss prompt
-    summary = stage2.train_grpo(stage2.GRPOConfig.from_args(args), failures, rewrite_prompt_of, REWARDS[args.reward],
-                                desc="stage3", train_prompt=eval_prompt_of if args.policy_prompt == "eval" else None)
+    reward_fn = stage2.reward_with_options(args, REWARDS, failures, desc="stage 3")
+    summary = stage2.train_grpo(stage2.GRPOConfig.from_args(args), failures, rewrite_prompt_of, reward_fn,
+                                desc="stage3", train_prompt=eval_prompt_of if args.policy_prompt == "eval" else None,
+                                options=vars(args))  # saved with each checkpoint; --resume checks them
     summary.pop("model")
     summary.update(failures=len(failures), failures_path=str(source or mined_path))
     dist.close()
@@ -361,4 +369,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -20,8 +20,10 @@ turns every source into that record, `TeacherExample`, so no stage knows where i
 
 Steps are found by `split_steps`: on `Step N:` markers; failing that a numbered list, then
 lines, then sentences. The authors' "Thinking..." preamble and an R1-style <think> block are
-not steps; the final `Answer:` line is the answer, not a step. `format_rationale` writes the
-canonical form every stage trains on: "Step 1: ...\\nStep 2: ...\\nAnswer: N".
+not steps; the final `Answer:` line is the answer, not a step (the rationale of the authors'
+records keeps their thinking, as they did, unless `--thinking drop`; see parse_record).
+`format_rationale` writes the canonical form every stage trains on:
+"Step 1: ...\\nStep 2: ...\\nAnswer: N".
 
 Bad records (a line that is not JSON, no question, no answer, no steps) are reported with file
 and line, counted by reason, and skipped; loading stops with an error when nothing usable is left.
@@ -41,7 +43,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval import extract_answer, is_correct, parse_gold, to_number
+import cli
+from eval import (extract_answer, is_correct, nonnegative_float, nonnegative_int, nucleus, parse_gold, positive_int,
+                  row_slice, rows_option, to_number)
 
 HUB_GSM8K = "openai/gsm8k"
 
@@ -172,8 +176,19 @@ def _steps_or_fail(text: str) -> list[str]:
     return steps
 
 
-def parse_record(record) -> TeacherExample:
-    """One record of any supported format -> TeacherExample; raises BadRecord."""
+THINKING = ("keep", "drop")
+
+
+def parse_record(record, thinking: str = "keep") -> TeacherExample:
+    """One record of any supported format -> TeacherExample; raises BadRecord.
+
+    thinking: what the rationale of the authors' released records holds. "keep" (their own
+    choice): the whole teacher text, its "Thinking..." section included, as their stage-3
+    prompt showed it and their length ratio counted it (292 words on average in
+    stage3_error_samples.json); "drop": only the steps and the answer line, in the canonical
+    form (147 words on average). The steps never hold the thinking."""
+    if thinking not in THINKING:
+        raise ValueError(f"thinking {thinking!r}: expected one of {THINKING}")
     if not isinstance(record, dict):
         raise BadRecord("not an object", f"expected a JSON object, got {type(record).__name__}")
     question = _question(record)
@@ -198,8 +213,10 @@ def parse_record(record) -> TeacherExample:
         answer = normalize_answer(record.get("gold_answer"))
         if answer is None:
             raise BadRecord("no answer", f"field 'gold_answer' is {record.get('gold_answer')!r}, not a number")
-        steps = _steps_or_fail(str(record["teacher_cot"]))
-        return TeacherExample(question, answer, format_rationale(steps, answer), steps)
+        text = str(record["teacher_cot"])
+        steps = _steps_or_fail(text)
+        rationale = text.strip() if thinking == "keep" else format_rationale(steps, answer)
+        return TeacherExample(question, answer, rationale, steps)
     if "target" in record:                                               # authors' stage-1/2 JSONL
         meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
         target = str(record["target"])
@@ -207,7 +224,8 @@ def parse_record(record) -> TeacherExample:
         if answer is None:
             raise BadRecord("no answer", "no gold_answer and no number on an 'Answer:' line of 'target'")
         steps = _steps_or_fail(target)
-        return TeacherExample(question, answer, format_rationale(steps, answer), steps)
+        rationale = target.strip() if thinking == "keep" else format_rationale(steps, answer)
+        return TeacherExample(question, answer, rationale, steps)
     if isinstance(record.get("answer"), str) and "####" in record["answer"]:  # GSM8K
         try:
             answer = parse_gold(record["answer"])
@@ -257,26 +275,19 @@ def _raw_records(source: str, gsm8k_path: str | None) -> tuple[str, list[tuple[s
 
 
 def parse_rows(text: str | None) -> slice | None:
-    """"0:2000" -> slice(0, 2000); "2000:" -> slice(2000, None); None or "" -> None (all rows)."""
-    if not text:
-        return None
-    parts = text.split(":")
-    if len(parts) not in (2, 3):
-        raise ValueError(f"--rows {text!r}: expected START:END (a Python slice, e.g. 0:2000 or 2000:)")
-    try:
-        return slice(*(int(p) if p.strip() else None for p in parts))
-    except ValueError:
-        raise ValueError(f"--rows {text!r}: START and END must be integers") from None
+    """"0:2000" -> slice(0, 2000); "2000:" -> slice(2000, None); None or "" -> None (all rows).
+    A malformed slice is a ValueError (eval.row_slice, which --rows also checks at parse time)."""
+    return row_slice(text)
 
 
 def load_teacher_data(source: str, rows: slice | None = None, gsm8k_path: str | None = None,
-                      quiet: bool = False, max_warnings: int = 5) -> list[TeacherExample]:
+                      quiet: bool = False, max_warnings: int = 5, thinking: str = "keep") -> list[TeacherExample]:
     """Every usable record of `source` (after taking `rows` of its records), as TeacherExample.
 
     source: `gsm8k` (GSM8K train: `gsm8k_path`, else ../shared's copy, else the hub), or a path to
     a JSONL file (ours, the authors' stage-1/2 format, or GSM8K's) or a JSON list (the authors'
     stage-3 file). Bad records are reported (file:line and why, the first few of each kind),
-    counted, and skipped; a ValueError when none is left."""
+    counted, and skipped; a ValueError when none is left. `thinking`: see parse_record."""
     name, raw = _raw_records(source, gsm8k_path)
     if rows is not None:
         raw = raw[rows]
@@ -290,7 +301,7 @@ def load_teacher_data(source: str, rows: slice | None = None, gsm8k_path: str | 
                     item = json.loads(item)
                 except json.JSONDecodeError as e:
                     raise BadRecord("not valid JSON", e.msg) from None
-            examples.append(parse_record(item))
+            examples.append(parse_record(item, thinking))
         except BadRecord as e:
             skipped[e.reason] += 1
             first_at.setdefault(e.reason, where)
@@ -311,13 +322,18 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, rows: str | None = No
     parser.add_argument("--teacher-data", default="gsm8k",
                         help="'gsm8k' (GSM8K train solutions), our teacher JSONL, the authors' stage-1/2 "
                              "JSONL or their stage-3 JSON list")
-    parser.add_argument("--rows", default=rows, help="START:END, a Python slice of the teacher records")
+    parser.add_argument("--rows", type=rows_option, default=rows,
+                        help="START:END, a Python slice of the teacher records (none: every record)")
     parser.add_argument("--gsm8k-path", default=None,
                         help="GSM8K train JSONL for --teacher-data gsm8k (default: ../shared's copy, else the hub)")
+    parser.add_argument("--thinking", default="keep", choices=THINKING,
+                        help="the authors' released rationales: keep their 'Thinking...' section in the rationale "
+                             "(as the authors did; stage 3's prompt and length ratio use it) or drop it (steps only)")
 
 
 def load_from_args(args, quiet: bool = False) -> list[TeacherExample]:
-    return load_teacher_data(args.teacher_data, parse_rows(args.rows), args.gsm8k_path, quiet=quiet)
+    return load_teacher_data(args.teacher_data, parse_rows(args.rows), args.gsm8k_path, quiet=quiet,
+                             thinking=getattr(args, "thinking", "keep"))
 
 
 # -----------------------------------------------------------------------------
@@ -352,12 +368,17 @@ def final_text(completion: str) -> str:
 
 
 def judge_completion(completion: str, gold: str, finish_reason: str) -> tuple[TeacherExample | None, str]:
-    """(kept example, "ok") when the completion's answer is right and it has steps; else (None, why)."""
+    """(kept example, "ok") when the completion's answer is right and it has steps; else (None, why).
+    A completion cut by the token limit (finish_reason "length") is rejected as "truncated" even
+    when its last number happens to be the gold answer: it never wrote its answer line, so it
+    is not a finished rationale."""
     if "<think>" in completion and "</think>" not in completion:
         return None, "unfinished thinking"
+    if finish_reason == "length":
+        return None, "truncated"
     text = final_text(completion)
     if not is_correct(extract_answer(text), gold):
-        return None, "wrong answer" if finish_reason != "length" else "truncated"
+        return None, "wrong answer"
     steps = split_steps(text)
     if not steps:
         return None, "no steps"
@@ -457,7 +478,7 @@ def generate_main(args):
 
 
 def show_main(args):
-    examples = load_teacher_data(args.source, parse_rows(args.rows), args.gsm8k_path)
+    examples = load_teacher_data(args.source, parse_rows(args.rows), args.gsm8k_path, thinking=args.thinking)
     n_steps = [len(e.steps) for e in examples]
     words = [len(e.rationale.split()) for e in examples]
     print(f"{args.source}: {len(examples)} examples, {sum(n_steps) / len(examples):.2f} steps and "
@@ -468,30 +489,31 @@ def show_main(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Teacher rationales: inspect a source, or generate one with a teacher model.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description="Teacher rationales: inspect a source, or generate one with a teacher model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="load a source and print statistics and examples",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     show.add_argument("source", help="'gsm8k', or a teacher JSONL / the authors' JSONL or JSON list")
-    show.add_argument("--rows", default=None, help="START:END slice of the records")
+    show.add_argument("--rows", type=rows_option, default=None, help="START:END slice of the records")
     show.add_argument("--gsm8k-path", default=None, help="GSM8K train JSONL for source 'gsm8k'")
-    show.add_argument("-n", type=int, default=2, help="examples to print")
+    show.add_argument("--thinking", default="keep", choices=THINKING, help="the authors' 'Thinking...' section in the rationale")
+    show.add_argument("-n", type=nonnegative_int, default=2, help="examples to print")
     gen = sub.add_parser("generate", help="run a teacher model on GSM8K train, keep correct rationales",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     gen.add_argument("--model", required=True, help="teacher checkpoint folder or hub id")
     gen.add_argument("--out", required=True, help="teacher JSONL to append to (rejected ones go to OUT.rejected.jsonl)")
     gen.add_argument("--data", default=None, help="GSM8K-format JSONL or hub id (default: ../shared's train, else the hub)")
-    gen.add_argument("--rows", default=None, help="START:END slice of the questions")
-    gen.add_argument("--limit", type=int, default=None, help="the first N questions (after --rows)")
+    gen.add_argument("--rows", type=rows_option, default=None, help="START:END slice of the questions")
+    gen.add_argument("--limit", type=positive_int, default=None, help="the first N questions (after --rows)")
     gen.add_argument("--chat", default="auto", choices=["auto", *CHAT_TEMPLATES],
                      help="prompt format; auto: deepseek-r1 / qwen (instruct) / none (base) from the tokenizer")
-    gen.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
-    gen.add_argument("--max-new-tokens", type=int, default=1024, help="R1-style teachers think long: use 4096")
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with temperature > 0)")
-    gen.add_argument("--samples", type=int, default=1, help="attempts per question (with temperature > 0); the first correct one is kept")
-    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.add_argument("--batch-size", type=positive_int, default=16, help="questions per generate call")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=1024, help="R1-style teachers think long: use 4096")
+    gen.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=nucleus, default=1.0, help="nucleus sampling (with temperature > 0)")
+    gen.add_argument("--samples", type=positive_int, default=1, help="attempts per question (with temperature > 0); the first correct one is kept")
+    gen.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed")
     gen.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as stored")
     gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = parser.parse_args(argv)
@@ -501,4 +523,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

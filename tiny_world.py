@@ -52,6 +52,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cli
+
 # -----------------------------------------------------------------------------
 # 1. Presets: how big a world, how long the base model trains
 
@@ -524,15 +526,17 @@ def world_paths(root: Path, info: dict | None = None) -> World:
 
 def suggested_settings(teacher: list[dict]) -> dict:
     """Stage settings scaled to this world. The paper's stage-2 length budget is B = 35 words per
-    teacher step, sized for real GSM8K rationales of ~62 words a step (so B is ~0.57 of the
-    teacher's length); the same share of a tiny-world teacher step is far fewer words."""
+    teacher step, sized for R1 rationales of ~62 words a step (so B is ~0.57 of the teacher's
+    length); the same share of a tiny-world teacher step is far fewer words (the rule of
+    stage2_grpo.calibrated_words_per_step, rounded to whole words here)."""
+    from stage2_grpo import PAPER_WORDS_PER_STEP, R1_WORDS_PER_STEP
     words = sum(len(t["rationale"].split()) for t in teacher)
     steps = sum(len(t["steps"]) for t in teacher)
     per_step = words / steps
     return {"teacher_words_per_step": round(per_step, 1),
             "teacher_words_mean": round(words / len(teacher), 1),
             "teacher_steps_mean": round(steps / len(teacher), 2),
-            "stage2_words_per_step": max(1, round(per_step * 35 / 62)),
+            "stage2_words_per_step": max(1, round(per_step * PAPER_WORDS_PER_STEP / R1_WORDS_PER_STEP)),
             "stage1_rows": f"0:{len(teacher) // 2}", "stage2_rows": f"{len(teacher) // 2}:",
             "stage3_rows": f"{len(teacher) // 2}:"}
 
@@ -772,19 +776,20 @@ def results_svg(rows: list[dict], curves: list[tuple[str, dict[str, list[float]]
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["table"]:
-        parser = argparse.ArgumentParser(prog="tiny_world.py table", description="The results table of a curriculum run.",
-                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parser = cli.ArgumentParser(prog="tiny_world.py table", description="The results table of a curriculum run.",
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         parser.add_argument("run", help="run folder with eval/<stage>/summary.json and timings.tsv")
         args = parser.parse_args(argv[1:])
         return results_table(args.run)
-    parser = argparse.ArgumentParser(description="Build a tiny world: problems, tokenizer, base model "
-                                     "(`python tiny_world.py table RUN` prints a curriculum run's results).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description="Build a tiny world: problems, tokenizer, base model "
+                                "(`python tiny_world.py table RUN` prints a curriculum run's results).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="runs/tiny/world", help="world folder (reused if already built)")
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="world size (test: the test suite's)")
+    from eval import nonnegative_int, positive_int
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="problems, tokenizer and model initialisation")
     parser.add_argument("--device", default="cpu", help="the tiny model is faster on CPU than it is worth moving")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     import torch
@@ -800,4 +805,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -19,6 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402
 from model import Qwen2, Qwen2Config, generate  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def time_transformers(model, prompts, new_tokens, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT.parent / "shared" / "configs" / "qwen2.5-0.5b.json"))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
@@ -97,4 +98,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "configs"
 GB = 1024 ** 3
 
@@ -96,7 +98,7 @@ def stage_rows(c: dict, args) -> list[tuple[str, dict]]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"],
                         help="config names in ../shared/configs (or paths to config.json files)")
     parser.add_argument("--stage1-batch-size", type=int, default=4, help="stage 1 --batch-size (examples per forward)")
@@ -129,4 +131,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

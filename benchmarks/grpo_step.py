@@ -33,6 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402
+
 SHARED = ROOT.parent / "shared"
 
 
@@ -124,8 +126,8 @@ def run_trl(checkpoint: Path, prompts: list[str], args, work: Path) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--world", default=None, help="a tiny-world folder: benchmark its base model")
     parser.add_argument("--config", default=str(SHARED / "configs" / "qwen2.5-0.5b.json"),
                         help="without --world: random weights of this config.json's shape")
@@ -179,4 +181,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -102,7 +102,7 @@ def test_stage3_under_torchrun_two_processes(tiny_world, tmp_path):
                str(script), "--model", str(tiny_world.base_model), "--teacher-data", str(tiny_world.teacher),
                "--rows", f"{rows[0]}:{rows[1]}", "--attempts", "1", "--mine-temperature", "0",
                "--mine-max-new-tokens", "160", "--out", str(out), "--max-steps", "2", "--group-size", "2",
-               "--prompts-per-step", "4", "--max-new-tokens", "48", "--lr", "1e-4", "--save-every", "0",
+               "--prompts-per-step", "4", "--max-new-tokens", "48", "--lr", "1e-4", "--beta", "0.04", "--save-every", "0",
                "--reward", "text_hash", "--device", "cpu", "--seed", "0", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -216,7 +216,7 @@ def test_loading_errors_name_file_and_tensor(pair, tmp_path):
     shutil.copyfile(tmp_path / "good" / "config.json", tmp_path / "empty" / "config.json")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         Qwen2.from_pretrained(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
         Qwen2.from_pretrained(tmp_path / "nowhere")
 
 

@@ -125,7 +125,7 @@ def test_loss_covers_target_tokens_only(tiny_qwen_checkpoint):
 def run(world, out, *extra):
     return s1.main(["--model", str(world.base_model), "--teacher-data", str(world.teacher), "--out", str(out),
                     "--rows", "0:48", "--batch-size", "4", "--grad-accum", "2", "--lr", "5e-4",
-                    "--warmup-steps", "1", "--device", "cpu", "--quiet", *extra])
+                    "--warmup-steps", "1", "--lora-rank", "0", "--device", "cpu", "--quiet", *extra])
 
 
 def test_training_lowers_reconstruction_loss_and_output_loads(tiny_world, tmp_path):
@@ -136,7 +136,7 @@ def test_training_lowers_reconstruction_loss_and_output_loads(tiny_world, tmp_pa
     before = s1.mean_target_loss(Qwen2.from_pretrained(tiny_world.base_model), items, tok.pad_token_id)
     out = tmp_path / "s1"
     first = run(tiny_world, out, "--max-steps", "8", "--stop-after", "5")
-    assert first["steps"] == 5 and (out / "checkpoint-5" / "trainer_state.pt").is_file()
+    assert first["steps"] == 5 and (out / "checkpoint-5" / "trainer_state.json").is_file()
     with pytest.raises(SystemExit, match="already holds a run"):
         run(tiny_world, out, "--max-steps", "8")
     second = run(tiny_world, out, "--max-steps", "8", "--resume")

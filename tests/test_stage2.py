@@ -336,8 +336,9 @@ def shorter_is_better(text, example, parts=None, num_tokens=0, max_new_tokens=1,
 
 
 def run_args(world, out, *extra):
-    return ["--model", str(world.base_model), "--teacher-data", str(world.teacher), "--out", str(out),
+    return ["--model", str(world.base_model), "--teacher-data", str(world.teacher), "--rows", ":", "--out", str(out),
             "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "128", "--lr", "1e-4",
+            "--lr-schedule", "constant", "--warmup-ratio", "0", "--weight-decay", "0",  # as before the authors' schedule
             "--beta", "0.04", "--seed", "0", "--quiet", *extra]
 
 
@@ -362,7 +363,7 @@ def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypa
     assert summary["last_reward"] == last["reward"]
     # the final checkpoint sits beside metrics.jsonl and loads
     Qwen2.from_pretrained(straight)
-    assert (straight / "checkpoint-3" / "trainer_state.pt").is_file()
+    assert (straight / "checkpoint-3" / "trainer_state.json").is_file()
 
     # the finished run is not overwritten by a fresh start in the same folder
     with pytest.raises(SystemExit, match="already holds a run"):

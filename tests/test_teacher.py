@@ -42,7 +42,7 @@ def test_format_rationale_round_trips():
 
 def test_all_568_real_teacher_rationales_yield_steps_and_answer():
     raw = json.loads(BRIDGE_STAGE3.read_text())
-    examples = load_teacher_data(str(BRIDGE_STAGE3), quiet=True)
+    examples = load_teacher_data(str(BRIDGE_STAGE3), quiet=True, thinking="drop")  # the canonical form
     assert len(examples) == len(raw) == 568
     for example, record in zip(examples, raw):
         assert len(example.steps) >= 2, record["idx"]
@@ -75,7 +75,7 @@ def test_authors_stage12_jsonl_and_our_jsonl(tmp_path):
         {"input": "Question: What is 1,000 + 80?", "target": "Step 1: Add.\n\nAnswer: 1,080",
          "metadata": {"gold_answer": "1080"}},
     ]) + "\n")
-    a, b = load_teacher_data(str(authors))
+    a, b = load_teacher_data(str(authors), thinking="drop")
     assert a == TeacherExample("Tom has 3 cats and buys 2 more. How many?", "5",
                                "Step 1: Tom starts with 3 cats.\nStep 2: 3 + 2 = 5.\nAnswer: 5",
                                ["Tom starts with 3 cats.", "3 + 2 = 5."])

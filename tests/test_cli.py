@@ -1,0 +1,210 @@
+"""cli.py: every script ends a bad input with one `error:` line naming the culprit (no traceback
+unless --debug), and eval.py keeps its samples through an interruption and continues from them."""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import GSM8K_TEST, ROOT
+import eval as eval_script
+import model as model_module
+
+
+def run_script(script: str, args: list[str], cwd, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "BRIDGE_DEBUG"}
+    environment.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})})
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def bad_inputs(tiny_qwen_checkpoint, tmp_path):
+    """A folder of broken things, each named after what is wrong with it."""
+    from safetensors.torch import load_file, save_file
+    (tmp_path / "bad.jsonl").write_text('{"question": "q", "answer": "#### 1"}\nnot json\n')
+    (tmp_path / "long.jsonl").write_text(json.dumps({"question": "two " * 2100, "answer": "#### 1"}) + "\n")
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "runs").mkdir()
+    weights = (tiny_qwen_checkpoint / "model.safetensors").read_bytes()
+    for name, content in (("garbage", b"not safetensors at all" * 100), ("truncated", weights[:len(weights) // 2])):
+        (tmp_path / name).mkdir()
+        shutil.copyfile(tiny_qwen_checkpoint / "config.json", tmp_path / name / "config.json")
+        (tmp_path / name / "model.safetensors").write_bytes(content)
+    (tmp_path / "nan").mkdir()
+    shutil.copyfile(tiny_qwen_checkpoint / "config.json", tmp_path / "nan" / "config.json")
+    state = load_file(tiny_qwen_checkpoint / "model.safetensors")
+    state["model.norm.weight"][3] = float("nan")
+    save_file(state, tmp_path / "nan" / "model.safetensors")
+    return tmp_path
+
+
+EVAL = "--model {ckpt} --data {gsm8k} --limit 2 --max-new-tokens 4 --out {tmp}/out --quiet"
+
+# script, arguments ({ckpt}: the tiny checkpoint, {tmp}: the bad_inputs folder, also the working
+# directory), exit code, what the one stderr line must name
+CASES = {
+    "missing data file": ("eval.py", EVAL.replace("{gsm8k}", "{tmp}/nope.jsonl"), 2, "nope.jsonl: no such file"),
+    "bad JSONL line": ("eval.py", EVAL.replace("{gsm8k}", "{tmp}/bad.jsonl"), 2, "bad.jsonl:2: not valid JSON"),
+    "bad option value": ("eval.py", EVAL + " --batch-size many", 2, "--batch-size"),
+    "garbage safetensors": ("eval.py", EVAL.replace("{ckpt}", "{tmp}/garbage"), 2, "garbage/model.safetensors: not a readable"),
+    "truncated safetensors": ("eval.py", EVAL.replace("{ckpt}", "{tmp}/truncated"), 2, "truncated/model.safetensors: not a readable"),
+    "NaN weights": ("eval.py", EVAL.replace("{ckpt}", "{tmp}/nan"), 2, "tensor model.norm.weight holds NaN"),
+    "typo in a local path": ("eval.py", EVAL.replace("{ckpt}", "runs/stage1"), 2, "runs/stage1: no such folder"),
+    "unwritable --out": ("eval.py", EVAL.replace("{tmp}/out", "{tmp}/a_file/out"), 2, "--out"),
+    "context overflow": ("eval.py", EVAL.replace("--max-new-tokens 4", "--max-new-tokens 2000"), 2,
+                         "--max-new-tokens 2000: the longest prompt"),
+    "prompt alone too long": ("eval.py", EVAL.replace("{gsm8k}", "{tmp}/long.jsonl"), 2,
+                              "question 1: its prompt alone is"),
+    "stage 1, missing teacher data": ("stage1_reconstruct.py", "--model {ckpt} --teacher-data {tmp}/nope.jsonl "
+                                      "--out {tmp}/s1", 2, "nope.jsonl: teacher data not found"),
+    "stage 2, bad option value": ("stage2_grpo.py", "--model {ckpt} --out {tmp}/s2 --group-size two", 2, "--group-size"),
+    "stage 3, typo in --model": ("stage3_rewrite.py", "--model ./stage2 --out {tmp}/s3 --teacher-data {gsm8k} "
+                                 "--rows 0:2", 2, "stage2: no such folder"),
+    "teacher.py, missing source": ("teacher.py", "show {tmp}/nope.jsonl", 2, "nope.jsonl: teacher data not found"),
+    "tiny_world.py table, empty run": ("tiny_world.py", "table {tmp}/runs", 2, "runs: no eval/<stage>/summary.json"),
+    "benchmark, missing config": ("benchmarks/gpu_memory.py", "--models {tmp}/nope.json", 2, "nope.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_ends_with_one_line(case, bad_inputs, tiny_qwen_checkpoint):
+    script, args, code, culprit = CASES[case]
+    args = args.format(ckpt=tiny_qwen_checkpoint, tmp=bad_inputs, gsm8k=GSM8K_TEST).split()
+    result = run_script(script, args, cwd=bad_inputs)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert culprit in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (ValueError("data.jsonl:3: field 'answer' is missing"), 2, "error: data.jsonl:3: field 'answer' is missing"),
+    (FileNotFoundError("runs/x: no such folder"), 2, "error: runs/x: no such folder"),
+    (SystemExit("runs/s1 already holds a run: pass --resume"), 2, "error: runs/s1 already holds a run: pass --resume"),
+    (OSError(28, "No space left on device"), 1, "error: OSError: [Errno 28] No space left on device (run again"),
+    (RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB"), 1, "error: RuntimeError: CUDA out of memory. ..."),
+    (KeyboardInterrupt("3 of 5 questions done"), 130, "interrupted: 3 of 5 questions done"),
+])
+def test_run_turns_known_errors_into_one_line(error, code, line, monkeypatch, capsys):
+    import cli
+
+    def main():
+        raise error
+
+    monkeypatch.setattr(sys, "argv", ["script.py"])
+    monkeypatch.delenv("BRIDGE_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as caught:
+        cli.run(main)
+    lines = capsys.readouterr().err.splitlines()
+    assert caught.value.code == code and len(lines) == 1 and lines[0].startswith(line)
+    monkeypatch.setattr(sys, "argv", ["script.py", "--debug"])  # --debug: the error itself, untouched
+    with pytest.raises(type(error)):
+        cli.run(main)
+    assert sys.argv == ["script.py"]
+
+
+def test_run_leaves_bugs_their_traceback(monkeypatch):
+    import cli
+    monkeypatch.setattr(sys, "argv", ["script.py"])
+    with pytest.raises(TypeError):
+        cli.run(lambda: None + 1)
+
+
+@pytest.mark.parametrize("name, is_path", [
+    ("Qwen/Qwen2.5-3B", False), ("openai/gsm8k", False), ("./stage1", True), ("../runs/stage1", True),
+    ("runs/tiny/stage1", True), ("/abs/folder", True), ("~/models/x", True), ("noslash", True),
+])
+def test_looks_like_path(name, is_path, tmp_path, monkeypatch):
+    import cli
+    monkeypatch.chdir(tmp_path)
+    assert cli.looks_like_path(name) is is_path
+    (tmp_path / "runs").mkdir()
+    assert cli.looks_like_path("runs/stage1")  # runs/ exists: a typo, not a hub repository
+
+
+@pytest.mark.parametrize("how", ["--debug", "BRIDGE_DEBUG=1"])
+def test_debug_shows_the_traceback(how, bad_inputs, tiny_qwen_checkpoint):
+    args = EVAL.replace("{gsm8k}", "{tmp}/bad.jsonl").format(ckpt=tiny_qwen_checkpoint, tmp=bad_inputs).split()
+    if how == "--debug":
+        result = run_script("eval.py", args + ["--debug"], cwd=bad_inputs)
+    else:
+        result = run_script("eval.py", args, cwd=bad_inputs, env={"BRIDGE_DEBUG": "1"})
+    assert result.returncode == 1 and "Traceback" in result.stderr
+    assert "bad.jsonl:2: not valid JSON" in result.stderr.strip().splitlines()[-1]
+
+
+def test_eval_continues_after_an_interruption(tiny_qwen_checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C in the second batch keeps the first; the same command again finishes the rest, and
+    the samples and summary equal an uninterrupted run's."""
+    args = ["--model", str(tiny_qwen_checkpoint), "--data", str(GSM8K_TEST), "--limit", "5",
+            "--batch-size", "2", "--quiet", "--max-new-tokens", "8"]
+    full = eval_script.main(args + ["--out", str(tmp_path / "full")])
+
+    real_generate, calls = model_module.generate, []
+
+    def interrupted_generate(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_generate(*a, **k)
+
+    out = tmp_path / "parts"
+    monkeypatch.setattr(model_module, "generate", interrupted_generate)
+    with pytest.raises(KeyboardInterrupt, match="2 of 5 questions done.*run the same command again"):
+        eval_script.main(args + ["--out", str(out)])
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 2 and not (out / "summary.json").exists()
+    with open(out / "samples.jsonl", "a") as f:
+        f.write('{"index": 4, "question": "cut sh')  # a line the kill cut short
+    monkeypatch.setattr(model_module, "generate", real_generate)
+    resumed = eval_script.main(args + ["--out", str(out)])
+
+    timing = ("seconds", "generated_tokens_per_second")
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in full.items() if k not in timing}
+    assert (out / "samples.jsonl").read_text() == (tmp_path / "full" / "samples.jsonl").read_text()
+
+    # finished: the same command again generates nothing and writes the same summary
+    monkeypatch.setattr(model_module, "generate", lambda *a, **k: pytest.fail("generated again"))
+    again = eval_script.main(args + ["--out", str(out)])
+    assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in full.items() if k not in timing}
+    # other settings: refused, naming the one that changed
+    with pytest.raises(ValueError, match="max_new_tokens was 8, now 9"):
+        eval_script.main(args[:-1] + ["9", "--out", str(out)])
+
+
+def test_eval_refuses_samples_of_a_retrained_model(tiny_qwen_checkpoint, tmp_path):
+    """Same --model path, new weights (a stage run again into its folder): not the same model."""
+    checkpoint = tmp_path / "stage1"
+    shutil.copytree(tiny_qwen_checkpoint, checkpoint)
+    args = ["--model", str(checkpoint), "--data", str(GSM8K_TEST), "--limit", "1", "--max-new-tokens", "2",
+            "--quiet", "--out", str(tmp_path / "eval")]
+    eval_script.main(args)
+    weights = checkpoint / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match="weights files of --model changed"):
+        eval_script.main(args)
+
+
+def test_written_files_respect_the_umask(tiny_qwen_checkpoint, tmp_path):
+    """mkstemp and mkdtemp make 0600 / 0700; what we write should look like any other file."""
+    old = os.umask(0o022)
+    try:
+        eval_script.write_atomic(tmp_path / "a.json", "{}\n")
+        model = model_module.Qwen2.from_pretrained(tiny_qwen_checkpoint)
+        model.save_pretrained(tmp_path / "checkpoint")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == 0o644
+    assert mode(tmp_path / "checkpoint") == 0o755
+    assert mode(tmp_path / "checkpoint" / "model.safetensors") == 0o644
+
+
+def test_generate_refuses_to_run_past_the_context_window(tiny_qwen_checkpoint):
+    model = model_module.Qwen2.from_pretrained(tiny_qwen_checkpoint)
+    with pytest.raises(ValueError, match=r"--max-new-tokens 100: a prompt of 2000 tokens .* window of 2048"):
+        model_module.generate(model, [[1] * 2000], 100)
+    assert len(model_module.generate(model, [[1] * 2046], 2, eos_token_ids=[]).tokens[0]) == 2  # exactly fits

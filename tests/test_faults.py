@@ -1,0 +1,268 @@
+"""Checkpoints and --resume under faults (issue #14): kills at any moment, torn metrics lines,
+leftovers of interrupted saves, changed options, no pickle, and the tokenizer of the final model."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import resume
+import stage1_reconstruct as s1
+import stage2_grpo as s2
+import stage3_rewrite as s3
+from conftest import ROOT
+from model import Qwen2, load_tokenizer
+
+
+def metrics_steps(out):
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_complete_model(out):
+    """The final model loads, with its tokenizer (the files a later stage or eval needs)."""
+    Qwen2.from_pretrained(out)
+    assert load_tokenizer(out).eos_token_id is not None
+
+
+def no_pickle(*args, **kwargs):
+    raise AssertionError("--resume must not unpickle anything (torch.load)")
+
+
+# -----------------------------------------------------------------------------
+# resume.py on hand-made folders
+
+
+def fake_checkpoint(folder, step, complete=True):
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_text("weights")
+    if complete:
+        resume.save_trainer_state(folder, {"x": torch.zeros(1)}, {"step": step})
+
+
+def test_discovery_and_cleaning_of_interrupted_saves(tmp_path):
+    fake_checkpoint(tmp_path / "checkpoint-2", 2)
+    fake_checkpoint(tmp_path / "checkpoint-4.old", 4)           # killed between the two renames
+    fake_checkpoint(tmp_path / "checkpoint-6", 6, complete=False)  # killed before its trainer state
+    fake_checkpoint(tmp_path / "checkpoint-2.old", 2)           # stale: checkpoint-2 is complete
+    (tmp_path / ".checkpoint-8.partial").mkdir()                # killed before its rename into place
+    (tmp_path / "..checkpoint-8.partial.tmp-abc").mkdir()       # killed inside save_pretrained
+    (tmp_path / "checkpoint-notes").mkdir()
+    final_tmp = tmp_path.parent / f".{tmp_path.name}.final.tmp-xyz"
+    final_tmp.mkdir()
+    assert resume.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"  # no crash on `4.old`
+    resume.clean_checkpoints(tmp_path)
+    assert resume.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-4"  # the .old copy restored
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-notes"]
+    assert not final_tmp.exists()
+    resume.remove_old_checkpoints(tmp_path, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-notes"]
+
+
+def test_old_pickled_checkpoint_is_refused_not_deleted(tmp_path):
+    fake_checkpoint(tmp_path / "checkpoint-3", 3, complete=False)
+    (tmp_path / "checkpoint-3" / "trainer_state.pt").write_bytes(b"pickle")
+    with pytest.raises(SystemExit, match="old format"):
+        resume.clean_checkpoints(tmp_path)
+    assert (tmp_path / "checkpoint-3" / "trainer_state.pt").is_file()
+
+
+def test_metrics_torn_last_line_is_dropped_and_corrupt_middle_line_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3)]
+    path.write_text("\n".join(lines) + '\n{"step": 4, "lo')  # killed while writing step 4
+    resume.truncate_metrics(path, 2)
+    assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
+    path.write_text(lines[0] + "\n" + '{"step": 2, "lo\n' + lines[2] + "\n")
+    with pytest.raises(SystemExit) as error:
+        resume.truncate_metrics(path, 3)
+    message = str(error.value)
+    assert f"{path}, line 2" in message and "\n" not in message
+
+
+def test_optimizer_and_rng_round_trip_without_pickle(tmp_path, monkeypatch):
+    """AdamW continued from the saved state takes exactly the steps the original takes."""
+    torch.manual_seed(0)
+    weights = torch.nn.Parameter(torch.randn(3, 4))
+    optimizer = torch.optim.AdamW([weights], lr=0.1, weight_decay=0.01)
+    for _ in range(2):
+        optimizer.zero_grad()
+        (weights ** 3).sum().backward()
+        optimizer.step()
+    tensors, groups = resume.optimizer_tensors(optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    resume.save_trainer_state(tmp_path, {**tensors, "weights": weights.data}, {"param_groups": groups})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([resume.STATE_TENSORS, resume.STATE_JSON])
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded, info = resume.load_trainer_state(tmp_path)
+    copy = torch.nn.Parameter(loaded["weights"].clone())
+    copy_optimizer = torch.optim.AdamW([copy], lr=0.5)  # the saved groups replace these settings
+    resume.load_optimizer(copy_optimizer, loaded, info["param_groups"])
+    expected_noise = torch.randn(2)
+    torch.set_rng_state(loaded["rng.torch"])
+    assert torch.equal(torch.randn(2), expected_noise)
+    for p, opt in ((weights, optimizer), (copy, copy_optimizer)):
+        opt.zero_grad()
+        (p ** 3).sum().backward()
+        opt.step()
+    assert torch.equal(weights, copy)
+
+
+def test_config_change_is_one_line_naming_option_and_values():
+    saved = {"model": "a", "lr": 1e-4, "rows": "0:16", "save_every": 5}
+    resume.check_config(saved, {**saved, "save_every": 7}, ["save_every"], "ckpt")  # may differ
+    with pytest.raises(SystemExit) as error:
+        resume.check_config(saved, {**saved, "lr": 2e-4}, ["save_every"], "ckpt")
+    assert str(error.value) == "ckpt: cannot resume with different options: --lr (saved 0.0001, now 0.0002)"
+
+
+# -----------------------------------------------------------------------------
+# Stage 1
+
+
+def stage1_args(world, out, *extra):
+    return ["--model", str(world.base_model), "--teacher-data", str(world.teacher), "--out", str(out),
+            "--rows", "0:8", "--batch-size", "2", "--grad-accum", "1", "--lr", "5e-4", "--warmup-steps", "1",
+            "--max-length", "256", "--max-steps", "3", "--save-every", "1", "--lora-rank", "4", "--device", "cpu",
+            "--quiet", *extra]
+
+
+def test_stage1_resumes_after_a_kill_between_renames_with_a_torn_metrics_line(tiny_world, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    s1.main(stage1_args(tiny_world, straight))
+    out = tmp_path / "killed"
+    s1.main(stage1_args(tiny_world, out, "--stop-after", "2"))
+    # the kill: while checkpoint-2 was being replaced (the new copy written but not yet renamed
+    # in, the old one aside as .old) and while metrics.jsonl was getting step 3's line
+    shutil.copytree(out / "checkpoint-2", out / ".checkpoint-2.partial")
+    (out / "checkpoint-2").rename(out / "checkpoint-2.old")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "epoch": 0.')
+    other_model = tmp_path / "other_model"
+    shutil.copytree(tiny_world.base_model, other_model)
+    with pytest.raises(SystemExit, match=r"--model \(saved '.*base', now '.*other_model'\)"):
+        s1.main(stage1_args(tiny_world, out, "--resume", "--model", str(other_model)))
+    monkeypatch.setattr(torch, "load", no_pickle)
+    summary = s1.main(stage1_args(tiny_world, out, "--resume", "--save-every", "2"))  # may change
+    assert summary["steps"] == 3 and metrics_steps(out) == [1, 2, 3]
+    assert not list(out.glob("*.old")) and not list(out.glob(".*checkpoint-*"))
+    assert_complete_model(out)
+    a, b = Qwen2.from_pretrained(straight).state_dict(), Qwen2.from_pretrained(out).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the kill changed nothing
+
+
+# -----------------------------------------------------------------------------
+# Stages 2 and 3
+
+
+class Killed(Exception):
+    """Stands in for a kill at a chosen moment (the real SIGKILL is tested below)."""
+
+
+def stage2_args(world, out, *extra):
+    return ["--model", str(world.base_model), "--teacher-data", str(world.teacher), "--rows", "0:16",
+            "--out", str(out), "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "16",
+            "--lr", "1e-3", "--seed", "0", "--max-steps", "5", "--save-every", "1", "--save-total-limit", "1",
+            "--keep-zero-variance", "--device", "cpu", "--quiet", *extra]
+
+
+def killed_at_call(n):
+    """A reward (minus the completion's share of the limit) that raises at its n-th call."""
+    calls = []
+
+    def reward(text, example, parts=None, num_tokens=0, max_new_tokens=1, **info):
+        calls.append(1)
+        if len(calls) == n:
+            raise Killed
+        if parts is not None:
+            parts.update(correct=0.0)
+        return -num_tokens / max_new_tokens
+    return reward
+
+
+def test_stage2_kill_resume_cycles_keep_the_tokenizer_and_check_options(tiny_world, tmp_path, monkeypatch):
+    out = tmp_path / "s2"
+    calls_per_step = 2 * 2  # prompts x group size
+    monkeypatch.setitem(s2.REWARDS, "short", killed_at_call(calls_per_step + 1))  # dies in step 2
+    with pytest.raises(Killed):
+        s2.main(stage2_args(tiny_world, out, "--reward", "short"))
+    assert resume.latest_checkpoint(out) == out / "checkpoint-1"
+
+    # every option that changes the result is checked against the saved run, in one line
+    shutil.copytree(tiny_world.base_model, tmp_path / "other")
+    for option, value in [("--lr", "2e-3"), ("--seed", "1"), ("--reward", "correct"), ("--rows", "0:8"),
+                          ("--group-size", "3"), ("--model", str(tmp_path / "other"))]:
+        with pytest.raises(SystemExit) as error:
+            s2.main(stage2_args(tiny_world, out, "--reward", "short", "--resume", option, value))
+        assert f"{option} (saved " in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+    # resumed from checkpoint-1 and killed again in step 4: checkpoint-1, which the first resume
+    # loaded its weights from, has been rotated away by then
+    monkeypatch.setattr(torch, "load", no_pickle)
+    monkeypatch.setitem(s2.REWARDS, "short", killed_at_call(2 * calls_per_step + 1))
+    with pytest.raises(Killed):
+        s2.main(stage2_args(tiny_world, out, "--reward", "short", "--resume", "--save-every", "1"))
+    assert resume.latest_checkpoint(out) == out / "checkpoint-3"
+    assert (out / "checkpoint-3" / "tokenizer.json").is_file()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "rew')  # and the kill tore the metrics line being written
+    monkeypatch.setitem(s2.REWARDS, "short", killed_at_call(-1))
+    s2.main(stage2_args(tiny_world, out, "--reward", "short", "--resume"))
+    assert metrics_steps(out) == [1, 2, 3, 4, 5]
+    assert (out / "checkpoint-4" / "tokenizer.json").is_file()
+    assert_complete_model(out)
+
+
+def test_stage3_resume_checks_its_own_options(tiny_world, tmp_path):
+    out = tmp_path / "s3"
+    args = ["--model", str(tiny_world.base_model), "--failures", str(tiny_world.teacher), "--out", str(out),
+            "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8", "--max-steps", "2",
+            "--save-every", "1", "--reward", "correct", "--device", "cpu", "--quiet"]
+    s3.main(args)
+    assert (out / "checkpoint-1" / resume.STATE_JSON).is_file()
+    with pytest.raises(SystemExit, match=r"--policy-prompt \(saved 'eval', now 'rewrite'\)"):
+        s3.main([*args, "--resume", "--policy-prompt", "rewrite"])
+    s3.main([*args, "--resume", "--save-every", "5"])
+    assert metrics_steps(out) == [1, 2]
+    assert_complete_model(out)
+
+
+# -----------------------------------------------------------------------------
+# A real kill: SIGKILL once the first checkpoint is on disk, then --resume to the end
+
+
+def kill_after_first_checkpoint(command, out, timeout=300):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while process.poll() is None and time.time() < deadline:
+        if (out / "checkpoint-1" / resume.STATE_JSON).is_file():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    else:
+        if process.poll() is None:
+            process.kill()
+    _, err = process.communicate()
+    assert process.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_sigkill_then_resume_completes(stage, tiny_world, tmp_path):
+    out = tmp_path / stage
+    if stage == "stage1":
+        args = stage1_args(tiny_world, out, "--max-steps", "5")
+        kill_after_first_checkpoint(["stage1_reconstruct.py", *args], out)
+        s1.main([*args, "--resume"])
+    else:
+        args = stage2_args(tiny_world, out, "--reward", "cosine")
+        kill_after_first_checkpoint(["stage2_grpo.py", *args], out)
+        s2.main([*args, "--resume"])
+    assert metrics_steps(out) == [1, 2, 3, 4, 5]
+    assert_complete_model(out)
