@@ -85,6 +85,10 @@ class Dist:
 
     def close(self):
         if self.enabled and dist.is_initialized():
+            # every process reaches this point before any tears down its connections: a rank
+            # that leaves first can otherwise abort another's teardown in gloo ("terminate
+            # called without an active exception", seen once in the suite)
+            dist.barrier()
             dist.destroy_process_group()
 
 
