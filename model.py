@@ -652,6 +652,9 @@ class Tokenizer:
         self.eos_token_ids = eos_ids
         pad = self._special_id(tok_config.get("pad_token"), folder)
         self.pad_token_id = pad if pad is not None else eos_ids[0]
+        # Qwen2's decoder: each token is bytes and the joined bytes are read as UTF-8 (TextSoFar)
+        from tokenizers.decoders import ByteLevel
+        self.decodes_bytes = isinstance(self.tok.decoder, ByteLevel)
 
     def _special_id(self, token, folder):
         if isinstance(token, dict):  # {"content": "<|endoftext|>", ...}
@@ -704,6 +707,31 @@ class Generation:
     tokens: list[list[int]]           # new tokens, ending at and including EOS when one was made
     finish_reasons: list[str]         # "eos", "stop" (a stop string or stop_fn) or "length"
     logprobs: list[list[float]] | None = None  # log p(token) at the sampling temperature
+
+
+class TextSoFar:
+    """tokenizer.decode(tokens) of a completion that grows by one token per call, decoding only
+    the tokens since the last whole character. generate's stop_fn reads the whole completion at
+    every step; decoding all of it each time costs time that grows with its length.
+
+    Why it is exact: a byte-level decoder (Qwen2's) turns each token into bytes, joins them and
+    reads them as UTF-8, an unfinished character becoming U+FFFD. When the text of the first n
+    tokens does not end in U+FFFD their bytes end on a whole character, so the text of any longer
+    list is that text followed by the text of the tokens after n. Mid-character, the tokens since
+    the last such point are decoded together. Other decoders (one that joins tokens with spaces
+    has no such law) decode every token on every call, as before."""
+
+    def __init__(self, tokenizer: "Tokenizer"):
+        self.tokenizer = tokenizer
+        self.n_done, self.text_done = 0, ""  # tokens[:n_done] decode to text_done, a whole character at its end
+
+    def __call__(self, tokens: Sequence[int]) -> str:
+        if not self.tokenizer.decodes_bytes:
+            return self.tokenizer.decode(tokens)
+        text = self.text_done + self.tokenizer.decode(tokens[self.n_done:])
+        if not text.endswith("\ufffd"):
+            self.n_done, self.text_done = len(tokens), text
+        return text
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device):
@@ -810,6 +838,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
     live = list(range(n_rows))  # batch row -> original row; -1 once finished (until compaction)
     eos_tensor = torch.tensor(eos_list, device=device, dtype=torch.long)
     longest_stop = max((len(s) for s in stop_strings), default=0)
+    text_so_far = [TextSoFar(tokenizer) for _ in range(n_rows)] if stop_fn else []
     for step in range(max_new_tokens):
         tokens, logprobs = sample_next(logits, temperature, top_p, generator)
         token_list = tokens.tolist()
@@ -826,7 +855,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
             elif stop_strings or stop_fn:
                 # a stop string can only end in the newest tokens: decode just those
                 tail = tokenizer.decode(out_tokens[row][-(longest_stop + 2):]) if stop_strings else ""
-                if any(s in tail for s in stop_strings) or (stop_fn and stop_fn(tokenizer.decode(out_tokens[row]))):
+                if any(s in tail for s in stop_strings) or (stop_fn and stop_fn(text_so_far[row](out_tokens[row]))):
                     reasons[row], live[b] = "stop", -1
         n_live = sum(row >= 0 for row in live)
         if n_live == 0 or step == max_new_tokens - 1:

@@ -1,10 +1,13 @@
 """eval.py: the authors' protocol (prompt, stop rule, extraction) with numeric scoring."""
 import json
+import random
+import re
+import sys
 
 import pytest
 
 from conftest import GSM8K_TEST
-from eval import (build_prompt, extract_answer, is_correct, load_gsm8k, main, parse_gold, should_stop,
+from eval import (ANSWER_LINE, build_prompt, extract_answer, is_correct, load_gsm8k, main, parse_gold, should_stop,
                   wilson_interval)
 
 
@@ -51,6 +54,25 @@ def test_stop_rule():
     assert should_stop("Step 1: 2 + 2 = 4\nFinal Answer: 4\n")
     assert should_stop("Answer: 4 because the two pairs make four")        # > 20 characters after it
     assert should_stop("Step 1: 2 + 2 = 4\n\nQuestion:")
+
+
+def test_stop_rule_shortcut_is_exact():
+    """should_stop skips the regex when lower() shows no "wer:". That is exact only if no other
+    character matches w, e, r or : under IGNORECASE (s, for one, also matches U+017F)."""
+    for letter in "wer:":
+        same = [chr(c) for c in range(sys.maxunicode + 1) if re.fullmatch(re.escape(letter), chr(c), re.IGNORECASE)]
+        assert all(c.lower() == letter for c in same), (letter, same)
+
+    def full_rule(text):  # should_stop without the shortcut
+        match = ANSWER_LINE.search(text)
+        return "Question:" in text or bool(match and ("\n" in text[match.end():] or len(text) - match.end() > 20))
+
+    rng = random.Random(0)
+    pieces = ["Answer", "answer", "ANSWER", "Final ", "An\u017fwer", ":", " ", "\n", "$", "-", "4", "12,5", ".5",
+              "x", "Question", "wer", "W", "\u0130", "\ufffd"]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert should_stop(text) == full_rule(text), repr(text)
 
 
 def test_prompt_is_the_authors():

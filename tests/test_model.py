@@ -257,3 +257,46 @@ def test_tokenizer_ids_and_special_tokens(tiny_qwen_checkpoint):
     assert tok.eos_token_ids == [151645] and tok.pad_token_id == 151643
     base = load_tokenizer(tiny_qwen_checkpoint)  # base config + base generation config
     assert base.eos_token_ids == [151643] and base.pad_token_id == 151643
+
+
+def test_text_so_far_is_the_full_decode():
+    """TextSoFar (generate's stop_fn text) equals decode(all tokens) after every token, also
+    mid-character: Qwen's ids below 256 are single bytes, many of them halves of a UTF-8 character,
+    and the ids for multi-byte words and special tokens are mixed in."""
+    import model as model_module
+    tok = load_tokenizer(QWEN_TOKENIZER)
+    words = tok.encode("Ünïcödé 数学 ✓ 🙂 Answer: 12\n") + [151643, 151645]  # <|endoftext|>, <|im_end|>
+    rng = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        n = int(torch.randint(1, 60, (1,), generator=rng))
+        pool = torch.randint(0, 2, (n,), generator=rng).tolist()
+        ids = [int(torch.randint(0, 256, (1,), generator=rng)) if p else words[int(torch.randint(0, len(words), (1,), generator=rng))]
+               for p in pool]
+        text = model_module.TextSoFar(tok)
+        for k in range(1, n + 1):
+            assert text(ids[:k]) == tok.decode(ids[:k]), (trial, ids[:k])
+
+
+def test_stop_fn_sees_what_full_decoding_saw(pair, monkeypatch):
+    """generate with TextSoFar gives the tokens and finish reasons of the old rule (decode every
+    token at every step), on sampled completions from a 320-token vocabulary (Qwen's bytes)."""
+    import model as model_module
+    from eval import should_stop
+    _, ours, _ = pair
+    tok = load_tokenizer(QWEN_TOKENIZER)
+    rules = [should_stop, lambda text: text.count("\ufffd") >= 3 or len(text) > 40, lambda text: "e" in text[-3:]]
+    prompts = [[5, 6, 7], [40, 41], [100, 200, 300, 12]]
+
+    def run():
+        return [generate(ours, prompts, max_new_tokens=48, temperature=1.0, num_samples=6, seed=seed,
+                         eos_token_ids=[319], stop_fn=rule, tokenizer=tok)
+                for rule in rules for seed in range(3)]
+
+    new = run()
+    monkeypatch.setattr(model_module, "TextSoFar", lambda tokenizer: tokenizer.decode)  # the old rule
+    old = run()
+    reasons = set()
+    for a, b in zip(new, old):
+        assert a.tokens == b.tokens and a.finish_reasons == b.finish_reasons
+        reasons.update(a.finish_reasons)
+    assert {"stop", "length"} <= reasons
