@@ -1,0 +1,67 @@
+"""The GPU check (benchmarks/gpu_check.sh, issue #12) runs its CPU smoke version end to end: one
+JSON with every figure, each labelled, every number finite, and parity with transformers exact
+to float32 rounding (a GPU run compares bf16; here the code path is what is checked)."""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+from conftest import ROOT
+
+FIGURES = ["parity_0.5b", "generate_0.5b", "parity_3b", "generate_3b", "eval_3b", "stage1_3b", "grpo_step_3b"]
+
+
+def numbers(value, where=""):
+    """Every number in a JSON value, with its path."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from numbers(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from numbers(v, f"{where}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield where, value
+
+
+def test_gpu_check_smoke(tmp_path):
+    out = tmp_path / "check.json"
+    env = {**os.environ, "PY": sys.executable, "BUDGET": "170", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.time()
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), "--smoke", "--device", "cpu"],
+                         capture_output=True, text=True, env=env, timeout=200)
+    seconds = time.time() - start
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"figures in {out}" in run.stdout
+    report = json.loads(out.read_text())
+
+    # every part ran, none failed or was skipped, and each figure says what and where it measured
+    assert report["complete"] and report["errors"] == {} and report["skipped"] == [], report
+    assert list(report["figures"]) == FIGURES
+    assert report["device"] == "cpu" and report["mode"].startswith("smoke")
+    for name, figure in report["figures"].items():
+        assert figure["measures"] and figure["device"] == "cpu" and figure["torch"] and figure["date"], name
+    for where, value in numbers(report):
+        assert math.isfinite(value), where
+
+    f = report["figures"]
+    for size in ("0.5b", "3b"):
+        # same weights through our save_pretrained and transformers' loader: float32 agrees to rounding
+        assert f[f"parity_{size}"]["max_abs_logit_diff"] < 1e-4 * max(1.0, f[f"parity_{size}"]["max_abs_logit"])
+        assert f[f"parity_{size}"]["argmax_agreement"] == 1.0
+        assert f[f"parity_{size}"]["greedy_prefix_agreement"] == 1.0
+        assert f[f"generate_{size}"]["ours_tokens_per_s"] > 0 and f[f"generate_{size}"]["transformers_tokens_per_s"] > 0
+    ev = f["eval_3b"]
+    assert ev["questions"] == report["settings"]["eval_questions"]
+    assert 0 < ev["mean_generated_tokens"] <= ev["max_new_tokens"]
+    assert math.isclose(ev["extrapolated_seconds_gsm8k_test"], ev["seconds_per_question"] * 1319)
+    s1 = f["stage1_3b"]
+    assert s1["tokens_per_s"] > 0 and s1["trainable_parameters"] > 0 and s1["computed_gb"] > 0
+    grpo = f["grpo_step_3b"]
+    assert grpo["settings"]["group_size"] == 2 and grpo["settings"]["beta"] == 0.1
+    assert grpo["settings"]["gradient_checkpointing"] is True
+    assert 0 < grpo["completion_tokens"] <= grpo["settings"]["max_new_tokens"]
+    assert grpo["step_seconds"] >= grpo["rollout_seconds"] > 0 and grpo["computed_gb"] > 0
+    assert grpo["peak_allocated_gb"] is None  # no CUDA: not measured, and the file says so
+    print(f"gpu_check smoke: {seconds:.1f} s")
