@@ -34,6 +34,7 @@ figures are then only a smoke test of the code path (parity must hold to ~1e-5).
     bash benchmarks/gpu_check.sh                            # on the GPU machine; prints the JSON's path
     python benchmarks/gpu_check.py --out runs/gpu_check.json   # the same, with no time limit
     python benchmarks/gpu_check.py --out /tmp/smoke.json --smoke   # tiny shapes on any device
+    bash benchmarks/gpu_check.sh again.json --parts grpo_step_3b    # one part again
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ import cli  # noqa: E402
 SHARED = ROOT.parent / "shared"
 GB = 1024 ** 3
 GSM8K_TEST_QUESTIONS = 1319
+PARTS = ("parity_0.5b", "generate_0.5b", "parity_3b", "generate_3b", "eval_3b", "stage1_3b", "grpo_step_3b")
 
 
 @dataclass
@@ -377,10 +379,13 @@ def _short(v):
 def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="the JSON file to write")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="default: cuda if available, else cpu")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes in float32 (the default without CUDA)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds: parts that would start after this are skipped (gpu_check.sh sets it)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="run only these (e.g. to measure again one that failed)")
     parser.add_argument("--work", default=None, help="folder for the random checkpoints (default: a temporary one)")
     args = parser.parse_args(argv)
 
@@ -401,6 +406,8 @@ def main(argv=None):
 
     def part(name: str, measures: str, fn):
         """Run one part; a failure is recorded in the JSON and the next part goes on."""
+        if name not in args.parts:
+            return None
         if args.budget is not None and time.time() - report.start > args.budget:
             report.data["skipped"].append(name)
             report.write()
@@ -420,13 +427,18 @@ def main(argv=None):
     from model import Qwen2, load_tokenizer
     try:
         for size in ("0.5b", "3b"):
+            if not any(p.endswith(f"_{size}") for p in args.parts):
+                continue
             ours = ref = None
             try:  # a failure here loses this shape's parts only
                 config = shape(f"qwen2.5-{size}", s.shrink)
                 checkpoint = random_checkpoint(config, work / size, s.dtype, device)
                 tokenizer = load_tokenizer(checkpoint)
-                ours = Qwen2.from_pretrained(checkpoint, dtype=s.dtype, device=device)
-                ref = load_transformers(checkpoint, s.dtype, device)
+                wanted = {p[:-len(size) - 1] for p in args.parts if p.endswith(f"_{size}")}
+                if wanted - {"grpo_step"}:
+                    ours = Qwen2.from_pretrained(checkpoint, dtype=s.dtype, device=device)
+                if wanted & {"parity", "generate"}:
+                    ref = load_transformers(checkpoint, s.dtype, device)
             except Exception as e:  # noqa: BLE001
                 report.data["errors"][f"setup_{size}"] = f"{type(e).__name__}: {e}"
                 print(f"gpu_check: setup of {size} FAILED\n{traceback.format_exc()}", flush=True)

@@ -65,3 +65,13 @@ def test_gpu_check_smoke(tmp_path):
     assert grpo["step_seconds"] >= grpo["rollout_seconds"] > 0 and grpo["computed_gb"] > 0
     assert grpo["peak_allocated_gb"] is None  # no CUDA: not measured, and the file says so
     print(f"gpu_check smoke: {seconds:.1f} s")
+
+
+def test_gpu_check_one_part(tmp_path):
+    """--parts runs only what it names (to measure a failed part again without the rest)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+    report = gpu_check.main(["--out", str(tmp_path / "one.json"), "--smoke", "--device", "cpu",
+                             "--parts", "parity_0.5b"])
+    assert list(report["figures"]) == ["parity_0.5b"] and report["complete"]
+    assert json.loads((tmp_path / "one.json").read_text())["figures"]["parity_0.5b"]["argmax_agreement"] == 1.0
