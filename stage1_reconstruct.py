@@ -196,6 +196,17 @@ class Stream:
         return reconstruction_example(self.examples[index], rng, self.mask_prob)
 
 
+def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW as stages 1-3 use it: weight decay on matrices only (not biases or norms; all LoRA
+    parameters are matrices, as in the authors' trainer). fused=True updates every parameter in
+    one kernel: 0.36 s instead of 2.2 s per step for the 0.5B model on a 2-core CPU (foreach, the
+    default on GPU, took 7 s there). Same formula, so the weights differ from the per-parameter
+    loop only by float rounding."""
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+
+
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     """Linear warm-up to `peak` over the first `warmup` steps, then linear decay towards 0 at
     `total`. Steps count from 0; unlike the usual schedule, neither the first nor the last
@@ -330,10 +341,7 @@ def main(argv=None) -> dict:
     model.gradient_checkpointing = args.gradient_checkpointing
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    # decay matrices only (all LoRA parameters are matrices, as in the authors' run)
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = adamw(params, lr=args.lr, weight_decay=args.weight_decay)
     start = 0
     if state:
         resume.load_optimizer(optimizer, tensors, state["param_groups"])

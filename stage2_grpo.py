@@ -71,7 +71,7 @@ from eval import (NUMBER, bounded, build_prompt as eval_prompt, dropout, extract
                   nonnegative_int, nucleus, positive_float, positive_int, should_stop, strip_continuation)
 from model import (Qwen2, add_lora, generate, has_lora, load_tokenizer, lora_disabled, merged_state_dict,
                    refuse_16bit_full_finetuning, token_logprobs)
-from stage1_reconstruct import lr_at
+from stage1_reconstruct import adamw, lr_at
 from teacher import add_teacher_arguments, load_from_args
 
 # -----------------------------------------------------------------------------
@@ -674,9 +674,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         ref.requires_grad_(False)
     model.gradient_checkpointing = cfg.gradient_checkpointing
     params = [p for p in model.parameters() if p.requires_grad]
-    # weight decay on matrices only, as in stage 1 and the authors' trainer (not biases or norms)
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # stage 1's: decay on matrices only
     start_step = 0
     if state is not None:
         resume.load_optimizer(optimizer, tensors, state["param_groups"])
