@@ -215,10 +215,7 @@ def stage1_step(model, tokenizer, config: dict, s: Settings) -> dict:
     add_lora(model, rank=16, alpha=32.0, dropout=0.05)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    # as stage1_reconstruct.main builds it
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=5e-5, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = s1.adamw(params, lr=5e-5, weight_decay=0.01)  # stage 1's own optimiser
     g = torch.Generator().manual_seed(1)
     prompt_len = s.stage1_length // 2
     items = [s1.Encoded(torch.randint(0, 151643, (prompt_len,), generator=g).tolist(),
@@ -275,6 +272,7 @@ def grpo_one_step(checkpoint: Path, config: dict, s: Settings, device) -> dict:
     the peak is this step's alone."""
     import gpu_memory
     import grpo_step as bench  # benchmarks/grpo_step.py: the stage-2 masked prompts of GSM8K train
+    import stage1_reconstruct as s1
     import stage2_grpo as s2
     from model import Qwen2, load_tokenizer, token_logprobs
     free()
@@ -288,8 +286,7 @@ def grpo_one_step(checkpoint: Path, config: dict, s: Settings, device) -> dict:
     policy.gradient_checkpointing = cfg.gradient_checkpointing
     tokenizer = load_tokenizer(checkpoint)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = s1.adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # as train_grpo
     texts = bench.prompt_texts(2 * cfg.prompts_per_step, SHARED / "data" / "gsm8k" / "train.jsonl")
     for step in range(2):
         prompt_ids = tokenizer.encode_batch(texts[step * cfg.prompts_per_step:(step + 1) * cfg.prompts_per_step])
@@ -413,8 +410,9 @@ def main(argv=None):
             report.write()
             return None
         try:
+            start = time.time()
             figures = fn()
-            report.add(name, measures, figures)
+            report.add(name, measures, {**figures, "part_seconds": round(time.time() - start, 1)})
             return figures
         except Exception as e:  # noqa: BLE001 - one failed part must not lose the others
             report.data["errors"][name] = f"{type(e).__name__}: {e}"
