@@ -157,6 +157,14 @@ def remove_old_checkpoints(out: Path, keep: int):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def refuse_existing_run(out: Path, resuming: bool):
+    """A finished or interrupted run in `out` is continued with --resume, never overwritten:
+    starting afresh there would cut its metrics.jsonl and leave its checkpoints for a later
+    --resume to pick up. (All three stages call this before any work.)"""
+    if not resuming and (out / "metrics.jsonl").exists():
+        raise SystemExit(f"{out} already holds a run (metrics.jsonl): pass --resume, or choose another --out")
+
+
 # -----------------------------------------------------------------------------
 # 3. metrics.jsonl
 

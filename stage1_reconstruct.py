@@ -319,8 +319,7 @@ def main(argv=None) -> dict:
 
     # 2. the model, from --model or, resuming, from the latest complete checkpoint (after the
     # main process has put right what a kill during a save left behind)
-    if not args.resume and (out / "metrics.jsonl").exists():
-        raise SystemExit(f"{out} already holds a run (metrics.jsonl): pass --resume, or choose another --out")
+    resume.refuse_existing_run(out, args.resume)
     if args.resume and dist_ctx.is_main and out.is_dir():
         resume.clean_checkpoints(out)
     dist_ctx.barrier()

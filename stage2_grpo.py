@@ -568,14 +568,6 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def refuse_existing_run(out: Path, resume: bool):
-    """A finished or interrupted run in `out` is continued with --resume, never overwritten:
-    starting afresh there would cut its metrics.jsonl and leave its checkpoints for a later
-    --resume to pick up."""
-    if not resume and (out / "metrics.jsonl").exists():
-        raise SystemExit(f"{out} already holds a run (metrics.jsonl): pass --resume, or choose another --out")
-
-
 def train_without_dropout(model):
     """Training mode (gradient checkpointing needs it) with every dropout off: the ratio
     pi / pi_old compares the policy with the sampler, which ran without dropout, so a dropped-out
@@ -638,7 +630,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
     if cfg.prompts_per_step < dist.world_size:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is smaller than the {dist.world_size} processes")
     device, out = dist.device, Path(cfg.out)
-    refuse_existing_run(out, cfg.resume)
+    resume.refuse_existing_run(out, cfg.resume)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import cli
+import resume
 import stage2_grpo as stage2
 from eval import (build_prompt, extract_answer, is_correct, nonnegative_float, nucleus, positive_int, should_stop,
                   write_atomic)
@@ -332,7 +333,7 @@ def main(argv=None) -> dict:
     import distributed
     dist = distributed.setup(args.device)
     out = Path(args.out)
-    stage2.refuse_existing_run(out, args.resume)   # before mining, which takes a while
+    resume.refuse_existing_run(out, args.resume)   # before mining, which takes a while
     stage2.refuse_16bit_full_finetuning(args.dtype, args.lora_rank)  # so is this one
     mined_path = out / "failures.jsonl"
 
