@@ -205,6 +205,6 @@ def test_written_files_respect_the_umask(tiny_qwen_checkpoint, tmp_path):
 
 def test_generate_refuses_to_run_past_the_context_window(tiny_qwen_checkpoint):
     model = model_module.Qwen2.from_pretrained(tiny_qwen_checkpoint)
-    with pytest.raises(ValueError, match=r"--max-new-tokens 100: a prompt of 2000 tokens .* window of 2048"):
+    with pytest.raises(ValueError, match=r"max_new_tokens 100: a prompt of 2000 tokens .* window of 2048"):
         model_module.generate(model, [[1] * 2000], 100)
     assert len(model_module.generate(model, [[1] * 2046], 2, eos_token_ids=[]).tokens[0]) == 2  # exactly fits

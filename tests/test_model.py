@@ -145,6 +145,18 @@ def test_top_p_keeps_only_the_nucleus():
     assert seen == {0, 1, 2, 3}
 
 
+def test_draw_follows_the_weights_and_never_picks_a_zero(monkeypatch):
+    from model import draw
+    g = torch.Generator().manual_seed(0)
+    weights = torch.tensor([[0.0, 1.0, 0.0, 3.0, 6.0, 0.0]]).repeat(40000, 1)  # any total, zeros inside and at the end
+    counts = torch.bincount(draw(weights, g), minlength=6).double() / 40000
+    assert counts[[0, 2, 5]].sum() == 0
+    assert torch.allclose(counts[[1, 3, 4]], torch.tensor([0.1, 0.3, 0.6], dtype=torch.double), atol=0.01)
+    # if u * total rounds up to the total, the last token of non-zero weight is taken, not the zero after it
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.ones(*shape, dtype=kw.get("dtype")))
+    assert draw(torch.tensor([[0.0, 2.0, 0.0]])).tolist() == [1]
+
+
 def test_eos_stop_strings_and_length(pair):
     _, ours, _ = pair
     free = generate(ours, [[5, 6, 7]], max_new_tokens=8, eos_token_ids=[])
