@@ -56,6 +56,17 @@ def _one_line(error: BaseException) -> str:
     return text
 
 
+# What to say on Ctrl-C, for a script that knows more than "interrupted" (a training stage: which
+# checkpoint --resume continues from). Set with on_interrupt() once the script knows it.
+_interrupt_hint: Callable[[], str] | None = None
+
+
+def on_interrupt(hint: Callable[[], str] | None) -> None:
+    """Have run() add hint() to its `interrupted` line when Ctrl-C stops the script."""
+    global _interrupt_hint
+    _interrupt_hint = hint
+
+
 def run(main: Callable[[], object]) -> None:
     """Call main() with sys.argv (less --debug); known errors become one `error:` line and an exit code."""
     debug = DEBUG_FLAG in sys.argv[1:] or os.environ.get("BRIDGE_DEBUG") == "1"
@@ -66,7 +77,8 @@ def run(main: Callable[[], object]) -> None:
     try:
         main()
     except KeyboardInterrupt as e:  # not an error; its message, when there is one, says how to continue
-        print("interrupted" + (f": {_one_line(e)}" if str(e) else ""), file=sys.stderr)
+        hint = _one_line(e) if str(e) else (_interrupt_hint() if _interrupt_hint else "")
+        print("interrupted" + (f": {hint}" if hint else ""), file=sys.stderr)
         sys.exit(130)
     except SystemExit as e:
         if not isinstance(e.code, str):  # sys.exit(n), argparse's exits: already reported

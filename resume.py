@@ -121,6 +121,14 @@ def latest_checkpoint(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def how_to_continue(out: Path) -> str:
+    """The line a stage leaves on Ctrl-C (cli.on_interrupt): what --resume will do."""
+    last = latest_checkpoint(out)
+    if last is None:
+        return f"no checkpoint in {out} yet; the same command with --resume starts it again"
+    return f"the same command with --resume continues from {last}"
+
+
 def clean_checkpoints(out: Path):
     """Put right, before resuming, what kills during saves leave in OUT and beside it:
     - checkpoint-N.old: a folder is replaced by two renames (the old one aside as NAME.old, then
@@ -184,7 +192,7 @@ def truncate_metrics(path: Path, step: int):
         except json.JSONDecodeError as e:
             if number == len(lines):
                 break
-            raise SystemExit(f"{path}, line {number}: not valid JSON ({e.msg}); "
+            raise SystemExit(f"{path}:{number}: not valid JSON ({e.msg}); "
                              f"repair or delete that line to resume") from None
         if record["step"] <= step:
             kept.append(line)
@@ -201,8 +209,21 @@ def check_config(saved: dict, new: dict, may_differ: Iterable[str], where: Path)
     print), so an option added later is checked unless someone decides it is harmless."""
     new = json.loads(_json(new))  # as it reads back from the JSON: tuples as lists, a slice as text
     skip = set(may_differ)
-    changed = [k for k in new if k not in skip and saved.get(k) != new[k]]
+    changed = [k for k in new if k not in skip and not same_option(saved.get(k), new[k])]
     changed += [k for k in saved if k not in skip and k not in new]
     if changed:
         raise SystemExit(f"{where}: cannot resume with different options: " + ", ".join(
             f"--{k.replace('_', '-')} (saved {saved.get(k)!r}, now {new.get(k)!r})" for k in changed))
+
+
+def same_option(saved, new) -> bool:
+    """Equal values, or two spellings of one existing file or folder (`runs/x` and `./runs/x`, or
+    its absolute path): --model, --teacher-data and the like name a path however the user typed it."""
+    if saved == new:
+        return True
+    if isinstance(saved, str) and isinstance(new, str) and saved and new:
+        try:
+            return Path(saved).exists() and Path(new).exists() and Path(saved).samefile(new)
+        except OSError:
+            return False
+    return False

@@ -320,6 +320,7 @@ def main(argv=None) -> dict:
     # 2. the model, from --model or, resuming, from the latest complete checkpoint (after the
     # main process has put right what a kill during a save left behind)
     resume.refuse_existing_run(out, args.resume)
+    cli.on_interrupt(lambda: resume.how_to_continue(out))  # Ctrl-C says what --resume will do
     if args.resume and dist_ctx.is_main and out.is_dir():
         resume.clean_checkpoints(out)
     dist_ctx.barrier()
@@ -330,6 +331,14 @@ def main(argv=None) -> dict:
     source = checkpoint if state and not args.lora_rank else args.model
     model = Qwen2.from_pretrained(source, dtype=args.dtype, device=device)
     tokenizer = load_tokenizer(args.model)  # its folder stays put while old checkpoints are deleted
+    window = model.config.max_position_embeddings
+    if args.max_length > window:  # positions past the window train garbage rotary angles, silently
+        if dist_ctx.is_main:
+            print(f"stage 1: --max-length {args.max_length} is past the model's context window; "
+                  f"sequences are cut at {window} tokens (max_position_embeddings in config.json)")
+        max_length = window
+    else:
+        max_length = args.max_length
     if args.lora_rank:
         add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
         if state:
@@ -379,7 +388,7 @@ def main(argv=None) -> dict:
         t0 = time.time()
         # 3a. this step's examples; each process takes its share
         mine = dist_ctx.shard(list(range(step * per_step, (step + 1) * per_step)))
-        encoded = [encode(stream[j], tokenizer, args.max_length) for j in mine]
+        encoded = [encode(stream[j], tokenizer, max_length) for j in mine]
         # 3b. the loss is a mean over every target token of the step (all processes), so neither
         # the micro-batch split nor the number of processes changes the gradient
         local_target = sum(len(e.target) for e in encoded)

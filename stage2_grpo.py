@@ -631,6 +631,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is smaller than the {dist.world_size} processes")
     device, out = dist.device, Path(cfg.out)
     resume.refuse_existing_run(out, cfg.resume)
+    cli.on_interrupt(lambda: resume.how_to_continue(out))  # Ctrl-C says what --resume will do
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 

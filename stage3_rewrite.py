@@ -334,6 +334,7 @@ def main(argv=None) -> dict:
     dist = distributed.setup(args.device)
     out = Path(args.out)
     resume.refuse_existing_run(out, args.resume)   # before mining, which takes a while
+    cli.on_interrupt(lambda: resume.how_to_continue(out))  # Ctrl-C says what --resume will do
     stage2.refuse_16bit_full_finetuning(args.dtype, args.lora_rank)  # so is this one
     mined_path = out / "failures.jsonl"
 

@@ -2,6 +2,7 @@
 leftovers of interrupted saves, changed options, no pickle, and the tokenizer of the final model."""
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -81,7 +82,7 @@ def test_metrics_torn_last_line_is_dropped_and_corrupt_middle_line_named(tmp_pat
     with pytest.raises(SystemExit) as error:
         resume.truncate_metrics(path, 3)
     message = str(error.value)
-    assert f"{path}, line 2" in message and "\n" not in message
+    assert f"{path}:2: " in message and "\n" not in message
 
 
 def test_optimizer_and_rng_round_trip_without_pickle(tmp_path, monkeypatch):
@@ -119,6 +120,18 @@ def test_config_change_is_one_line_naming_option_and_values():
     with pytest.raises(SystemExit) as error:
         resume.check_config(saved, {**saved, "lr": 2e-4}, ["save_every"], "ckpt")
     assert str(error.value) == "ckpt: cannot resume with different options: --lr (saved 0.0001, now 0.0002)"
+
+
+def test_a_path_option_may_be_spelled_another_way_on_resume(tmp_path, monkeypatch):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    saved = {"model": "base", "lr": 1e-4}
+    for spelling in ["./base", "base/", str(tmp_path / "base")]:
+        resume.check_config(saved, {**saved, "model": spelling}, [], "ckpt")
+    for other in ["other", "missing"]:  # another folder, or a hub id that is no folder here
+        with pytest.raises(SystemExit, match="--model"):
+            resume.check_config(saved, {**saved, "model": other}, [], "ckpt")
 
 
 # -----------------------------------------------------------------------------
@@ -233,36 +246,99 @@ def test_stage3_resume_checks_its_own_options(tiny_world, tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# A real kill: SIGKILL once the first checkpoint is on disk, then --resume to the end
+# Real signals: SIGKILL at a random moment after the first checkpoint, then --resume to the end;
+# SIGINT (Ctrl-C), which stops with one line saying what --resume will do
 
 
-def kill_after_first_checkpoint(command, out, timeout=300):
+# The script run as `python SCRIPT ARGS`, with this process's torch thread count: calling
+# torch.set_num_threads (conftest does) changes the CPU kernels' reduction order even when the
+# count is the default, and the resumed half of a run, here in-process, must compute alike.
+WITH_OUR_THREADS = ("import runpy, sys, torch; torch.set_num_threads({}); sys.argv = sys.argv[1:]; "
+                    "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def start_stage(command):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    launcher = WITH_OUR_THREADS.format(torch.get_num_threads())
+    return subprocess.Popen([sys.executable, "-c", launcher, *command], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def signal_after_first_checkpoint(process, out, sig, delay=0.0, timeout=300):
+    """Send `sig` `delay` seconds after checkpoint-1 is complete (the run may finish first)."""
     deadline = time.time() + timeout
     while process.poll() is None and time.time() < deadline:
         if (out / "checkpoint-1" / resume.STATE_JSON).is_file():
-            process.send_signal(signal.SIGKILL)
+            time.sleep(delay)
+            if process.poll() is None:
+                process.send_signal(sig)
             break
         time.sleep(0.02)
     else:
         if process.poll() is None:
             process.kill()
     _, err = process.communicate()
-    assert process.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
+    return process.returncode, err.decode()
 
 
-@pytest.mark.parametrize("stage", ["stage1", "stage2"])
-def test_sigkill_then_resume_completes(stage, tiny_world, tmp_path):
-    out = tmp_path / stage
+def stage_command(stage, world, out):
     if stage == "stage1":
-        args = stage1_args(tiny_world, out, "--max-steps", "5")
-        kill_after_first_checkpoint(["stage1_reconstruct.py", *args], out)
-        s1.main([*args, "--resume"])
-    else:
-        args = stage2_args(tiny_world, out, "--reward", "cosine")
-        kill_after_first_checkpoint(["stage2_grpo.py", *args], out)
-        s2.main([*args, "--resume"])
+        return ["stage1_reconstruct.py", *stage1_args(world, out, "--max-steps", "5")]
+    if stage == "stage2":
+        return ["stage2_grpo.py", *stage2_args(world, out, "--reward", "cosine")]
+    return ["stage3_rewrite.py", "--model", str(world.base_model), "--failures", str(world.teacher),
+            "--out", str(out), "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "16",
+            "--lr", "1e-3", "--max-steps", "5", "--save-every", "1", "--save-total-limit", "1",
+            "--reward", "correct", "--keep-zero-variance", "--device", "cpu", "--quiet"]
+
+
+MAINS = {"stage1": s1.main, "stage2": s2.main, "stage3": s3.main}
+
+
+def no_litter(out):
+    """Nothing left of an interrupted save: no hidden temporary folders, no .old or .partial."""
+    names = [p.name for p in [*out.iterdir(), *out.parent.iterdir()]]
+    return [n for n in names if n.startswith(".") or n.endswith((".old", ".partial"))] == []
+
+
+def weights(out):
+    from safetensors.torch import load_file
+    return load_file(str(out / "model.safetensors"))
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3"])
+def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(stage, tiny_world, tmp_path):
+    out = tmp_path / "killed" / stage
+    command = stage_command(stage, tiny_world, out)
+    delay = random.Random(stage).uniform(0.0, 0.5)  # anywhere in the next steps, saves included
+    code, err = signal_after_first_checkpoint(start_stage(command), out, signal.SIGKILL, delay)
+    assert code in (0, -signal.SIGKILL), err[-2000:]
+    print(f"{stage}: exit {code} after checkpoint-1 + {delay:.2f} s")
+    MAINS[stage]([*command[1:], "--resume"])
     assert metrics_steps(out) == [1, 2, 3, 4, 5]
     assert_complete_model(out)
+    assert no_litter(out)
+    # the same run, never interrupted, ends with the same weights to the bit
+    whole = tmp_path / "whole" / stage
+    MAINS[stage](stage_command(stage, tiny_world, whole)[1:])
+    ours, reference = weights(out), weights(whole)
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in ours)
+
+
+def test_ctrl_c_stops_in_one_line_and_resume_finishes(tiny_world, tmp_path):
+    out = tmp_path / "stage2"
+    command = stage_command("stage2", tiny_world, out)
+    code, err = signal_after_first_checkpoint(start_stage(command), out, signal.SIGINT)
+    if code == 0:
+        pytest.skip("the run finished before Ctrl-C arrived")
+    assert code == 130, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert line.startswith("interrupted: the same command with --resume continues from ") and "checkpoint-" in line
+    kept = resume.latest_checkpoint(out)
+    assert kept is not None and str(kept) in line
+    s2.main([*command[1:], "--resume"])
+    assert metrics_steps(out) == [1, 2, 3, 4, 5]
+    assert_complete_model(out)
+    assert no_litter(out)
