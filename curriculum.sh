@@ -42,7 +42,7 @@ if [ "$TARGET" = tiny ]; then
   S1="--epochs 1 --batch-size 16 --grad-accum 2 --warmup-steps 5 --lr 3e-4 --lora-rank 0 --save-every 0"
   S2="--words-per-step WPS --group-size 8 --prompts-per-step 8 --max-steps 80 --lr 2e-5 --beta 0.1 --max-new-tokens 160 --save-every 0"
   S2="$S2 --lr-schedule constant --warmup-ratio 0 --weight-decay 0"
-  S3="--attempts 2 --mine-temperature 0.7 --group-size 8 --prompts-per-step 8 --max-steps 50 --lr 2e-5 --beta 0.1 --max-new-tokens 160 --mine-max-new-tokens 160 --save-every 0"
+  S3="--attempts 2 --mine-temperature 0.7 --mine-batch-size 128 --group-size 8 --prompts-per-step 8 --max-steps 50 --lr 2e-5 --beta 0.1 --max-new-tokens 160 --mine-max-new-tokens 160 --save-every 0"
   S3="$S3 --lr-schedule constant --warmup-ratio 0 --weight-decay 0"
   EV="--batch-size 100 --max-new-tokens 256 --quiet"
 else
