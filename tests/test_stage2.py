@@ -291,13 +291,13 @@ def test_aggregations_and_micro_batches():
     per_token = -(torch.exp(new - old) * adv[:, None]).detach()  # ratios near 1: nothing clips
     seq = sum(per_token[i][mask[i]].mean() for i in range(4)) / 4
     tok = per_token[mask].sum() / mask.sum()
-    assert float(s2.grpo_loss(new, old, adv, mask, clip_eps=10)[0]) == pytest.approx(float(seq), abs=1e-6)
-    assert float(s2.grpo_loss(new, old, adv, mask, clip_eps=10, loss_agg="token-mean")[0]) == pytest.approx(float(tok), abs=1e-6)
+    assert float(s2.grpo_loss(new, old, adv, mask, clip_eps=10)[0].detach()) == pytest.approx(float(seq), abs=1e-6)
+    assert float(s2.grpo_loss(new, old, adv, mask, clip_eps=10, loss_agg="token-mean")[0].detach()) == pytest.approx(float(tok), abs=1e-6)
     for agg, total in (("seq-mean", 4), ("token-mean", int(mask.sum()))):
         whole = s2.grpo_loss(new, old, adv, mask, ref, 0.1, loss_agg=agg)[0]
         halves = sum(s2.grpo_loss(new[a:b], old[a:b], adv[a:b], mask[a:b], ref[a:b], 0.1, loss_agg=agg, total=total)[0]
                      for a, b in ((0, 1), (1, 4)))
-        assert float(halves) == pytest.approx(float(whole), abs=1e-6)
+        assert halves.item() == pytest.approx(whole.item(), abs=1e-6)
 
 
 def test_zero_variance_group_carries_no_policy_gradient():
@@ -356,8 +356,11 @@ def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypa
     for key in ("reward", "reward_correct", "accuracy", "completion_tokens", "zero_variance_groups", "truncated",
                 "kl", "clip_fraction", "rollout_seconds", "train_seconds"):
         assert all(r[key] is not None for r in rows), key
-    first, last = rows[0], rows[-1]
-    assert last["reward"] > first["reward"] and last["completion_tokens"] < first["completion_tokens"]
+    # each step samples other prompts, so one step's reward is noisy: compare means over steps
+    mean = lambda key, part: sum(r[key] for r in part) / len(part)  # noqa: E731
+    assert mean("reward", rows[3:]) > mean("reward", rows[:2])
+    assert mean("completion_tokens", rows[3:]) < mean("completion_tokens", rows[:2])
+    last = rows[-1]
     assert all(r["trained_completions"] > 0 for r in rows)      # every step trained (gentle lr)...
     assert all(r["kl"] > 0 for r in rows[1:])                   # ...and moved away from the reference
     assert summary["last_reward"] == last["reward"]
