@@ -16,13 +16,16 @@ BRIDGE_DEBUG=1 in the environment, lets every error through with its traceback. 
 scripts' main() directly and see the exceptions themselves.
 
 Also here, because every script needs them: the argparse parser whose errors take one line, the
-test of whether a name means a local path or a hub id, and the permissions of written files.
+checked `type=` of every numeric and row-range option, the test of whether a name means a local
+path or a hub id, and how files are written (whole or not at all, with ordinary permissions).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -119,3 +122,90 @@ def make_readable(path: str | os.PathLike, folder: bool = False):
     """Give a file made by tempfile (always 0600, or 0700 for a folder) the permissions an ordinary
     open() would have given it, 0666 (0777) less the umask, before it is renamed into place."""
     os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
+def write_atomic(path: Path, text: str):
+    """Write to a temporary name in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        make_readable(tmp)  # mkstemp makes it 0600; the file should look like any other we write
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: no stray temporary file left behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -----------------------------------------------------------------------------
+# Checked command-line values, the `type=` of every numeric option of every script: a bad value
+# stops argparse at once ("argument --top-p: expected a number in (0, 1], got '1.5'", exit 2)
+# instead of failing, or silently misbehaving, after the model has loaded.
+
+
+class OptionValueError(argparse.ArgumentTypeError, ValueError):
+    """A bad option value: argparse reports it with the option's name; other callers see a ValueError."""
+
+
+def bounded(kind: type = float, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False):
+    """An argparse `type=` that converts with `kind` and accepts values in the given range."""
+    what = "an integer" if kind is int else "a number"
+    if low is not None and high is not None:
+        valid = f"{what} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        valid = f"{what} {'>' if low_open else '>='} {low:g}"
+    else:
+        valid = f"{what} {'<' if high_open else '<='} {high:g}"
+
+    def check(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise OptionValueError(f"expected {valid}, got {text!r}") from None
+        ok = value == value and abs(value) != math.inf  # no nan or inf
+        ok = ok and (low is None or (value > low if low_open else value >= low))
+        ok = ok and (high is None or (value < high if high_open else value <= high))
+        if not ok:
+            raise OptionValueError(f"expected {valid}, got {text!r}")
+        return value
+
+    check.__name__ = valid  # argparse names the type with it in its own messages
+    return check
+
+
+positive_int = bounded(int, 1)
+nonnegative_int = bounded(int, 0)
+positive_float = bounded(float, 0, low_open=True)
+nonnegative_float = bounded(float, 0)
+probability = bounded(float, 0, 1)                  # mask probabilities, ratios
+nucleus = bounded(float, 0, 1, low_open=True)       # top-p: 0 would keep no token
+dropout = bounded(float, 0, 1, high_open=True)      # 1 would drop everything
+
+
+def row_slice(text: str | None) -> slice | None:
+    """`START:END` (a Python slice of records, either side optional: "0:2000", "2000:") -> slice;
+    None or "" -> None (every row). Rejects anything else, a zero or negative step, and a range
+    that is empty by construction (END <= START, both counted from the same end)."""
+    if not text:
+        return None
+    parts = str(text).split(":")
+    if len(parts) not in (2, 3):
+        raise OptionValueError(f"expected START:END (a Python slice, e.g. 0:2000 or 2000:), got {text!r}")
+    try:
+        start, end, *step = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise OptionValueError(f"expected START:END with integer START and END, got {text!r}") from None
+    step = step[0] if step else None
+    if step is not None and step < 1:
+        raise OptionValueError(f"expected a step >= 1 in START:END:STEP, got {text!r}")
+    if start is not None and end is not None and (start < 0) == (end < 0) and end <= start:
+        raise OptionValueError(f"expected END > START in START:END, got {text!r} (no rows)")
+    return slice(start, end, step)
+
+
+def rows_option(text: str) -> str:
+    """argparse `type=` for --rows: checks the slice (row_slice) and keeps the text."""
+    row_slice(text)
+    return text

@@ -71,14 +71,6 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast(self, obj):
-        """Rank 0's object on every process."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def barrier(self):
         if self.enabled:
             dist.barrier()

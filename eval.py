@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 import cli
+from cli import positive_int, write_atomic
 
 # -----------------------------------------------------------------------------
 # The prompt and the stop rule
@@ -42,13 +43,16 @@ import cli
 PROMPT_TEMPLATE = (
     "Solve this math problem step by step, showing your complete reasoning.\n"
     "Question: {question}\n"
+    "{hints}"
     'You must end your response with "Final Answer: [number]"\n'
     "Reasoning:"
 )
 
 
-def build_prompt(question: str) -> str:
-    return PROMPT_TEMPLATE.format(question=question.strip())
+def build_prompt(question: str, hints: str = "") -> str:
+    """The authors' zero-shot prompt. `hints` (lines ending in a newline, none by default) goes
+    between the question and the answer-format line: stage 2's partly masked teacher steps."""
+    return PROMPT_TEMPLATE.format(question=question.strip(), hints=hints)
 
 
 # An answer line: "Final Answer: 18", "Answer: $1,080.50", "answer: -3"
@@ -273,20 +277,6 @@ def summarize(samples: list[dict], seconds: float, new_tokens: int) -> dict:
     }
 
 
-def write_atomic(path: Path, text: str):
-    """Write to a temporary name in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        cli.make_readable(tmp)  # mkstemp makes it 0600; the file should look like any other we write
-        os.replace(tmp, path)
-    except BaseException:  # disk full, Ctrl-C: no stray temporary file left behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # -----------------------------------------------------------------------------
 # Output that survives an interruption: samples.jsonl grows batch by batch, and a rerun of the
 # same command continues from it (settings.json says which command made it)
@@ -360,79 +350,6 @@ def append_samples(path: Path, samples: list[dict]):
 def default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# -----------------------------------------------------------------------------
-# Checked command-line values, the `type=` of every numeric option of every script: a bad value
-# stops argparse at once ("argument --top-p: expected a number in (0, 1], got '1.5'", exit 2)
-# instead of failing, or silently misbehaving, after the model has loaded.
-
-
-class OptionValueError(argparse.ArgumentTypeError, ValueError):
-    """A bad option value: argparse reports it with the option's name; other callers see a ValueError."""
-
-
-def bounded(kind: type = float, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False):
-    """An argparse `type=` that converts with `kind` and accepts values in the given range."""
-    what = "an integer" if kind is int else "a number"
-    if low is not None and high is not None:
-        valid = f"{what} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        valid = f"{what} {'>' if low_open else '>='} {low:g}"
-    else:
-        valid = f"{what} {'<' if high_open else '<='} {high:g}"
-
-    def check(text: str):
-        try:
-            value = kind(text)
-        except (TypeError, ValueError):
-            raise OptionValueError(f"expected {valid}, got {text!r}") from None
-        ok = value == value and abs(value) != math.inf  # no nan or inf
-        ok = ok and (low is None or (value > low if low_open else value >= low))
-        ok = ok and (high is None or (value < high if high_open else value <= high))
-        if not ok:
-            raise OptionValueError(f"expected {valid}, got {text!r}")
-        return value
-
-    check.__name__ = valid  # argparse names the type with it in its own messages
-    return check
-
-
-positive_int = bounded(int, 1)
-nonnegative_int = bounded(int, 0)
-positive_float = bounded(float, 0, low_open=True)
-nonnegative_float = bounded(float, 0)
-probability = bounded(float, 0, 1)                  # mask probabilities, ratios
-nucleus = bounded(float, 0, 1, low_open=True)       # top-p: 0 would keep no token
-dropout = bounded(float, 0, 1, high_open=True)      # 1 would drop everything
-
-
-def row_slice(text: str | None) -> slice | None:
-    """`START:END` (a Python slice of records, either side optional: "0:2000", "2000:") -> slice;
-    None or "" -> None (every row). Rejects anything else, a zero or negative step, and a range
-    that is empty by construction (END <= START, both counted from the same end)."""
-    if not text:
-        return None
-    parts = str(text).split(":")
-    if len(parts) not in (2, 3):
-        raise OptionValueError(f"expected START:END (a Python slice, e.g. 0:2000 or 2000:), got {text!r}")
-    try:
-        start, end, *step = (int(p) if p.strip() else None for p in parts)
-    except ValueError:
-        raise OptionValueError(f"expected START:END with integer START and END, got {text!r}") from None
-    step = step[0] if step else None
-    if step is not None and step < 1:
-        raise OptionValueError(f"expected a step >= 1 in START:END:STEP, got {text!r}")
-    if start is not None and end is not None and (start < 0) == (end < 0) and end <= start:
-        raise OptionValueError(f"expected END > START in START:END, got {text!r} (no rows)")
-    return slice(start, end, step)
-
-
-def rows_option(text: str) -> str:
-    """argparse `type=` for --rows: checks the slice (row_slice) and keeps the text."""
-    row_slice(text)
-    return text
 
 
 def main(argv=None):

@@ -329,7 +329,6 @@ class KVCache:
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # real token in slot?
         self.length = 0  # slots filled so far (the same for every row: padding fills slots too)
         self.next_position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self._pending = 0
 
     def attention_mask(self, attention_mask):
         """Mask [B, 1, T, S] for T new tokens that go into slots length..length+T-1."""
@@ -338,7 +337,6 @@ class KVCache:
         if end > self.valid.shape[1]:
             raise ValueError(f"KV cache is full: {end} slots needed, {self.valid.shape[1]} allocated")
         self.valid[:, start:end] = attention_mask
-        self._pending = T
         key_slots = torch.arange(end, device=self.valid.device)
         query_slots = torch.arange(start, end, device=self.valid.device)
         causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
@@ -640,10 +638,9 @@ class Tokenizer:
         for i in (gen_eos if isinstance(gen_eos, list) else [gen_eos]):
             if i is not None and i not in eos_ids:
                 eos_ids.append(int(i))
-        for key in ("eos_token",):
-            token_id = self._special_id(tok_config.get(key), folder)
-            if token_id is not None and token_id not in eos_ids:
-                eos_ids.append(token_id)
+        token_id = self._special_id(tok_config.get("eos_token"), folder)
+        if token_id is not None and token_id not in eos_ids:
+            eos_ids.append(token_id)
         if not eos_ids:
             fallback = self.tok.token_to_id("<|endoftext|>")
             if fallback is None:

@@ -27,7 +27,7 @@ from typing import Iterable
 import torch
 
 from cli import make_readable
-from eval import write_atomic
+from cli import write_atomic
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"   # written last: its presence marks a complete checkpoint

@@ -59,8 +59,8 @@ import cli
 import distributed
 import resume
 import teacher
-from eval import (build_prompt, default_device, dropout, nonnegative_float, nonnegative_int, positive_float, positive_int,
-                  probability)
+from eval import build_prompt, default_device
+from cli import dropout, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from model import Qwen2, Tokenizer, add_lora, has_lora, load_tokenizer, refuse_16bit_full_finetuning
 
 MASK = "<MASK>"

@@ -67,12 +67,12 @@ import torch
 import cli
 import distributed
 import resume
-from eval import (NUMBER, bounded, build_prompt as eval_prompt, dropout, extract_answer, is_correct, nonnegative_float,
-                  nonnegative_int, nucleus, positive_float, positive_int, should_stop, strip_continuation)
+from eval import NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop, strip_continuation
+from cli import bounded, dropout, nonnegative_float, nonnegative_int, nucleus, positive_float, positive_int
 from model import (Qwen2, add_lora, generate, has_lora, load_tokenizer, lora_disabled, merged_state_dict,
                    refuse_16bit_full_finetuning, token_logprobs)
 from stage1_reconstruct import adamw, lr_at
-from teacher import add_teacher_arguments, load_from_args
+from teacher import STEP_MARKER, add_teacher_arguments, load_from_args
 
 # -----------------------------------------------------------------------------
 # 1. Masked-completion prompts
@@ -115,10 +115,8 @@ def build_masked_prompt(example, rng: random.Random, mask_answer_steps: bool = F
     measured on; the completion itself is written from scratch (it never sees the gold text)."""
     shown, _ = mask_steps(example.steps, rng, str(example.answer) if mask_answer_steps else None)
     hints = "\n".join(f"Step {i}: {step}" for i, step in enumerate(shown, 1))
-    # eval's prompt ends with the answer-format line and `Reasoning:`; the hints go before them
-    head, answer_format, reasoning = eval_prompt(example.question).rsplit("\n", 2)
-    return (f"{head}\nSome steps of a solution, in order; each {MASK} step is missing:\n{hints}\n"
-            f"Write the complete solution.\n{answer_format}\n{reasoning}")
+    return eval_prompt(example.question, hints=f"Some steps of a solution, in order; each {MASK} step is "
+                                               f"missing:\n{hints}\nWrite the complete solution.\n")
 
 
 def prompt_builder(kind: str = "masked", mask_answer_steps: bool = False) -> Callable[[Any, random.Random], str]:
@@ -140,7 +138,14 @@ def prompt_builder(kind: str = "masked", mask_answer_steps: bool = False) -> Cal
 # `parts`, when given, receives the reward's components for metrics.jsonl; every reward
 # writes parts["correct"], which the loop logs as accuracy.
 
-STEP_MARKER = re.compile(r"Step \d+:")
+ANSWER_LINE_MARKER = re.compile(r"Answer\s*:", re.IGNORECASE)
+
+
+def well_formed(solution: str) -> bool:
+    """The paper's format check, one rule for stages 2 and 3: a `Step k:` label (teacher.py's
+    STEP_MARKER, the one that splits the teacher data: any case and spacing) and an answer line
+    (`Answer:` or `Final Answer:`, any case)."""
+    return bool(STEP_MARKER.search(solution)) and ANSWER_LINE_MARKER.search(solution) is not None
 
 
 def _correct(text: str, example) -> bool:
@@ -188,12 +193,11 @@ def reward_paper(text: str, example, parts: dict | None = None, words_per_step: 
     parts = {} if parts is None else parts
     solution = answer_part(text)
     n, w, markers = len(example.steps), len(solution.split()), len(STEP_MARKER.findall(solution))
-    correct = _correct(text, example)
-    well_formed = markers > 0 and "Answer:" in text
-    parts.update(correct=float(correct), format=float(well_formed), step_bonus=0.0, length=0.0, words=float(w))
+    correct, formatted = _correct(text, example), well_formed(solution)
+    parts.update(correct=float(correct), format=float(formatted), step_bonus=0.0, length=0.0, words=float(w))
     if not correct:
         return -2.0
-    if not well_formed:
+    if not formatted:
         return -1.0
     d, B = n - markers, words_per_step * n
     s = 0.3 * min(d, 3) if d >= 1 else 0.0

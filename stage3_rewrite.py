@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -56,8 +55,8 @@ from typing import Callable, Sequence
 import cli
 import resume
 import stage2_grpo as stage2
-from eval import (build_prompt, extract_answer, is_correct, nonnegative_float, nucleus, positive_int, should_stop,
-                  write_atomic)
+from eval import build_prompt, extract_answer, is_correct, should_stop
+from cli import nonnegative_float, nucleus, positive_int, write_atomic
 from stage2_grpo import answer_part
 from teacher import add_teacher_arguments, load_from_args, load_teacher_data
 
@@ -183,8 +182,6 @@ def build_rewrite_prompt(question: str, rationale: str) -> str:
 # (stage2.add_reward_arguments): `paper` judges a rewrite as stage 2 judges a completion, its
 # budget B = words_per_step * the teacher's steps.
 
-STEP_MARKER = re.compile(r"Step\s*\d+\s*:", re.IGNORECASE)
-ANSWER_MARKER = re.compile(r"Answer:", re.IGNORECASE)
 
 
 def word_count(text: str) -> int:
@@ -208,11 +205,11 @@ def _judge(text: str, example, parts: dict | None) -> tuple[bool, bool, float]:
     """(right answer, has `Step k:` and `Answer:`, word ratio to the teacher), logged in parts."""
     text = answer_part(text)
     correct = is_correct(extract_answer(text), str(example.answer))
-    well_formed = bool(STEP_MARKER.search(text) and ANSWER_MARKER.search(text))
+    formatted = stage2.well_formed(text)
     ratio = word_count(text) / max(1, word_count(example.rationale))
     if parts is not None:
-        parts.update(correct=float(correct), format=float(well_formed), ratio=ratio, words=float(word_count(text)))
-    return correct, well_formed, ratio
+        parts.update(correct=float(correct), format=float(formatted), ratio=ratio, words=float(word_count(text)))
+    return correct, formatted, ratio
 
 
 def paper_rewrite(text: str, example, parts: dict | None = None, **info) -> float:

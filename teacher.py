@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cli
-from eval import (extract_answer, is_correct, nonnegative_float, nonnegative_int, nucleus, parse_gold, positive_int,
-                  row_slice, rows_option, to_number)
+from eval import extract_answer, is_correct, parse_gold, to_number
+from cli import nonnegative_float, nonnegative_int, nucleus, positive_int, row_slice, rows_option
 
 HUB_GSM8K = "openai/gsm8k"
 
@@ -276,7 +276,7 @@ def _raw_records(source: str, gsm8k_path: str | None) -> tuple[str, list[tuple[s
 
 def parse_rows(text: str | None) -> slice | None:
     """"0:2000" -> slice(0, 2000); "2000:" -> slice(2000, None); None or "" -> None (all rows).
-    A malformed slice is a ValueError (eval.row_slice, which --rows also checks at parse time)."""
+    A malformed slice is a ValueError (cli.row_slice, which --rows also checks at parse time)."""
     return row_slice(text)
 
 

@@ -336,7 +336,7 @@ def pretraining_text(rng: random.Random, p: Problem, preset: Preset) -> tuple[st
 
 
 def write_jsonl(path: Path, records: list[dict]):
-    from eval import write_atomic
+    from cli import write_atomic
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
@@ -391,7 +391,7 @@ def pretrain_base(preset: Preset, documents: list[tuple[str, str]], tokenizer_di
     completion tokens only: the model learns to answer prompts, never to write them."""
     import torch
     from tqdm import tqdm
-    from eval import write_atomic
+    from cli import write_atomic
     from model import Qwen2, Qwen2Config, load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
@@ -603,7 +603,7 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
                           "pretrain_by_form": {f: forms.count(f) for f in FORMS},
                           "test_misleading": sum(any(misleads(s) for s in p.steps) for p in test) / len(test)},
                 "build_seconds": round(time.time() - start, 1)}
-        from eval import write_atomic
+        from cli import write_atomic
         write_atomic(tmp / "world.json", json.dumps(info, indent=2) + "\n")
         # 5. move into place, world.json last: a world without it was never finished
         root.mkdir(parents=True, exist_ok=True)
@@ -626,7 +626,7 @@ def results_table(run_dir) -> list[dict]:
     RUN/results.json and RUN/results.md, plus RUN/results.svg (accuracy against tokens, and the
     training curves from RUN/<stage>/metrics.jsonl). With RUN/world/world.json, results.md also
     shows the base model under each prompt form."""
-    from eval import write_atomic
+    from cli import write_atomic
     run = Path(run_dir)
     seconds: dict[str, float] = {}
     timings = run / "timings.tsv"
@@ -788,7 +788,7 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="runs/tiny/world", help="world folder (reused if already built)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="world size (test: the test suite's)")
-    from eval import nonnegative_int, positive_int
+    from cli import nonnegative_int, positive_int
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="problems, tokenizer and model initialisation")
     parser.add_argument("--device", default="cpu", help="the tiny model is faster on CPU than it is worth moving")
     parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")

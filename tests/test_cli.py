@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import cli
 from conftest import GSM8K_TEST, ROOT
 import eval as eval_script
 import model as model_module
@@ -192,7 +193,7 @@ def test_written_files_respect_the_umask(tiny_qwen_checkpoint, tmp_path):
     """mkstemp and mkdtemp make 0600 / 0700; what we write should look like any other file."""
     old = os.umask(0o022)
     try:
-        eval_script.write_atomic(tmp_path / "a.json", "{}\n")
+        cli.write_atomic(tmp_path / "a.json", "{}\n")
         model = model_module.Qwen2.from_pretrained(tiny_qwen_checkpoint)
         model.save_pretrained(tmp_path / "checkpoint")
     finally:

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+import cli
 import eval as ev
 import stage1_reconstruct as s1
 import stage2_grpo as s2
@@ -178,14 +179,14 @@ def test_bad_numbers_stop_the_parser_naming_option_and_range(main, argv, valid, 
 
 
 def test_checked_types_accept_their_range_and_keep_values():
-    assert ev.nucleus("1") == 1.0 and ev.probability("0") == 0.0 and ev.positive_int("3") == 3
-    assert ev.row_slice("2000:") == slice(2000, None) and ev.row_slice(":") == slice(None, None)
-    assert ev.row_slice("-100:") == slice(-100, None) and ev.row_slice("") is None
-    assert ev.rows_option("0:2000") == "0:2000"
+    assert cli.nucleus("1") == 1.0 and cli.probability("0") == 0.0 and cli.positive_int("3") == 3
+    assert cli.row_slice("2000:") == slice(2000, None) and cli.row_slice(":") == slice(None, None)
+    assert cli.row_slice("-100:") == slice(-100, None) and cli.row_slice("") is None
+    assert cli.rows_option("0:2000") == "0:2000"
     with pytest.raises(ValueError, match="START:END"):
         teacher.parse_rows("12")
     with pytest.raises(ValueError, match=r"an integer >= 1, got '2.5'"):
-        ev.positive_int("2.5")
+        cli.positive_int("2.5")
 
 
 # -----------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_base_model_is_partly_right_with_long_answers(tiny_world):
 
 
 def test_results_table(tmp_path):
-    from eval import write_atomic
+    from cli import write_atomic
     for stage, acc, tokens in [("base", 0.3, 100.0), ("stage1", 0.4, 80.0), ("stage3", 0.5, 60.0),
                                ("sft", 0.45, 90.0)]:
         write_atomic(tmp_path / "eval" / stage / "summary.json", json.dumps(
