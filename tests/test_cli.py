@@ -2,6 +2,7 @@
 unless --debug), and eval.py keeps its samples through an interruption and continues from them."""
 import json
 import os
+import runpy
 import shutil
 import stat
 import subprocess
@@ -71,11 +72,36 @@ CASES = {
 }
 
 
+# These run as real processes, as a user types them; the other cases run the same script in this
+# process (runpy, as `python SCRIPT` would, stderr and exit code captured), which checks the same
+# line and code without starting Python and importing torch again for each (~2 s a case).
+AS_PROCESSES = {"missing data file", "stage 2, bad option value", "teacher.py, missing source"}
+
+
+def run_in_process(script: str, args: list[str], cwd, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [str(ROOT / script), *args])
+    monkeypatch.delenv("BRIDGE_DEBUG", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    capsys.readouterr()
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(sys.argv, code, captured.out, captured.err)
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_ends_with_one_line(case, bad_inputs, tiny_qwen_checkpoint):
+def test_bad_input_ends_with_one_line(case, bad_inputs, tiny_qwen_checkpoint, monkeypatch, capsys):
     script, args, code, culprit = CASES[case]
     args = args.format(ckpt=tiny_qwen_checkpoint, tmp=bad_inputs, gsm8k=GSM8K_TEST).split()
-    result = run_script(script, args, cwd=bad_inputs)
+    if case in AS_PROCESSES:
+        result = run_script(script, args, cwd=bad_inputs)
+    else:
+        result = run_in_process(script, args, bad_inputs, monkeypatch, capsys)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == code, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
