@@ -27,6 +27,9 @@ difference of sequence-mean log-probs as its "KL". We implement the algorithm as
                       (DAPO: long completions are not down-weighted per token); "dr-grpo": the
                       sum over every token divided by the constant max_new_tokens * completions
                       (Dr. GRPO, Liu et al. 2025, with --no-std-scale for its advantages)
+grpo_step puts them together, one step on one screen (rollout, rewards and advantages, pi_old and
+pi_ref, optimise), and train_grpo is the loop around it (resume, metrics.jsonl, checkpoints). To
+read the algorithm: grpo_loss, then grpo_step, then the rewards.
 `--prompt plain` runs the same loop on eval.py's prompt alone: GRPO without a curriculum, the
 baseline BRIDGE is compared with (curriculum.sh's `grpo` row).
 Stage 3 (stage3_rewrite.py) imports this machinery rather than repeating it: GRPOConfig and
@@ -601,6 +604,169 @@ def _pad(rows: list[list[float]], width: int, device) -> torch.Tensor:
     return t.to(device)
 
 
+# One GRPO step (grpo_step, optimise), its line of metrics and its checkpoint; train_grpo,
+# below, is the loop around them.
+
+
+def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_ids: list[list[int]],
+              examples: Sequence[Any], reward_fn: RewardFn, generator: torch.Generator, lr: float,
+              train_ids: list[list[int]] | None = None,
+              stop_fn: Callable[[str], bool] | None = should_stop) -> tuple[dict, dict]:
+    """One GRPO step on this process's prompts (token ids, with their examples). Returns this
+    process's sums for the metrics (step_metrics adds up the processes) and what is not a sum.
+    train_ids: the prompts the loss conditions on, when not those sampled from (stage 3)."""
+    G, device = cfg.group_size, dist.device
+
+    # 1. rollout: G completions per prompt with their sampling log-probs
+    t0 = time.time()
+    with _autocast(device):
+        ro = rollout(model, tokenizer, prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                     generator, stop_fn)
+    rollout_seconds = time.time() - t0
+    if train_ids is not None:
+        ro.prompts = [train_ids[row // G] for row in range(len(ro.completions))]
+
+    # 2. rewards and group-normalised advantages; the rows that train (groups with reward spread)
+    parts = [{} for _ in ro.texts]
+    rewards = torch.tensor([
+        reward_fn(text, examples[row // G], parts=parts[row], num_tokens=len(tokens),
+                  max_new_tokens=cfg.max_new_tokens, truncated=trunc)
+        for row, (text, tokens, trunc) in enumerate(zip(ro.texts, ro.completions, ro.truncated))],
+        dtype=torch.float32)
+    advantages, zero_var = group_advantages(rewards, G, std_scale=cfg.std_scale)
+    rows = [r for r in range(len(ro.texts))
+            if (cfg.keep_zero_variance or not zero_var[r // G])
+            and not (cfg.truncated == "exclude" and ro.truncated[r])]
+
+    # 3. pi_old and pi_ref log-probs of the rows that train (no gradients)
+    t0 = time.time()
+    prompts, completions = [ro.prompts[r] for r in rows], [ro.completions[r] for r in rows]
+    logprobs = functools.partial(_batch_logprobs, prompts=prompts, completions=completions,
+                                 temperature=cfg.temperature, pad_id=tokenizer.pad_token_id,
+                                 micro=cfg.micro_batch_size, device=device)
+    if cfg.old_logprobs == "recompute" or train_ids is not None:
+        old = logprobs(model)
+    else:
+        old = [ro.old_logprobs[r] for r in rows]
+    ref_lp = None
+    if cfg.beta and rows:
+        if ref is not None:
+            ref_lp = logprobs(ref)
+        else:
+            with lora_disabled(model):  # LoRA: the reference is the base, adapters off
+                ref_lp = logprobs(model)
+
+    # 4. the clipped objective, --ppo-epochs optimiser steps over the batch
+    trained = optimise(model, optimizer, tokenizer, cfg, dist, prompts, completions, old, ref_lp,
+                       advantages[rows], lr, n_sampled=len(ro.completions))
+    train_seconds = time.time() - t0
+
+    part_names = sorted({k for p in parts for k in p})
+    sums = {"reward": float(rewards.sum()), "reward_sq": float((rewards ** 2).sum()), "rows": len(rewards),
+            "tokens": sum(len(c) for c in ro.completions), "truncated": sum(ro.truncated),
+            "zero_var": float(zero_var.sum()), "groups": len(zero_var), "kl": trained["kl"],
+            "trained_tokens": trained["tokens"], "clipped": trained["clipped"], "loss": trained["loss"],
+            "gap_sum": trained["gap_sum"], "recomputed": trained["recomputed"],
+            **{f"part_{k}": sum(p.get(k, 0.0) for p in parts) for k in part_names}}
+    info = {"trained_rows": trained["rows"], "grad_norm": trained["grad_norm"], "gap": trained["gap"],
+            "rollout_seconds": rollout_seconds, "train_seconds": train_seconds}
+    return sums, info
+
+
+def optimise(model, optimizer, tokenizer, cfg: GRPOConfig, dist, prompts, completions, old, ref_lp,
+             advantages: torch.Tensor, lr: float, n_sampled: int) -> dict:
+    """--ppo-epochs passes over the rows, each one optimiser step, gradients accumulated over
+    micro-batches and normalised by the whole (all-process) batch. Returns sums for the metrics."""
+    device = dist.device
+    n_rows, n_tokens, n_all = dist.sum([len(prompts), sum(len(c) for c in completions), n_sampled])
+    # grpo_loss's normaliser for the whole batch; Dr. GRPO's counts every sampled completion
+    # (those left out of the loss too), so it is the same constant at every step
+    total = {"seq-mean": n_rows, "token-mean": n_tokens,
+             "dr-grpo": n_all * cfg.max_new_tokens}[cfg.loss_agg] / dist.world_size
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    params = [p for p in model.parameters() if p.requires_grad]  # the optimiser's, in the model's order
+    train_without_dropout(model)
+    stats, loss_sum, grad_norm, gap = LossStats(), 0.0, 0.0, 0.0
+    gap_sum, n_recomputed = 0.0, 0
+    for ppo_epoch in range(cfg.ppo_epochs if n_rows else 0):
+        optimizer.zero_grad(set_to_none=False)
+        for lo in range(0, len(prompts), cfg.micro_batch_size):
+            hi = min(lo + cfg.micro_batch_size, len(prompts))
+            with _autocast(device):
+                new_lp, mask = token_logprobs(model, prompts[lo:hi], completions[lo:hi],
+                                              cfg.temperature, tokenizer.pad_token_id)
+            width = new_lp.shape[1]
+            old_t = _pad(old[lo:hi], width, device)
+            if ppo_epoch == 0:
+                # sampler vs trainer, same weights: any gap is numerics (bf16, cached decode vs
+                # one full pass). A material one would clip on noise, so this micro-batch then
+                # trains against the trainer's own log-probs, which are exactly what
+                # --old-logprobs recompute computes (the weights have not moved yet this step).
+                # --recompute-gap's 1e-3: float32 measures ~1e-6; bf16 on the tiny world
+                # ~3e-4 with the float32 head (1e-3 with a bf16 head), its largest gaps then
+                # 0.02 (0.07), against a clip range of log 1.2 = 0.18
+                gaps = torch.where(mask, (new_lp.detach() - old_t).abs(), 0)
+                gap, gap_sum = max(gap, float(gaps.max())), gap_sum + float(gaps.sum())
+                if float(gaps.sum()) > cfg.recompute_gap * float(mask.sum()):
+                    old_t = new_lp.detach()
+                    old[lo:hi] = [row[:len(c)].tolist() for row, c in zip(old_t, completions[lo:hi])]
+                    n_recomputed += hi - lo
+            ref_t = _pad(ref_lp[lo:hi], width, device) if ref_lp is not None else None
+            adv = advantages[lo:hi].to(device)
+            loss, s = grpo_loss(new_lp, old_t, adv, mask, ref_t, cfg.beta, cfg.clip_eps, cfg.loss_agg, total)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            stats.clipped += s.clipped
+            if ppo_epoch == 0:
+                stats.kl += s.kl
+                stats.tokens += s.tokens
+        for p in params:  # every process must join the all-reduce, even with no rows here
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        dist.average_gradients(model)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        optimizer.step()
+    return {"rows": int(n_rows), "kl": stats.kl, "tokens": stats.tokens, "clipped": stats.clipped,
+            "loss": loss_sum, "grad_norm": grad_norm, "gap": gap, "gap_sum": gap_sum, "recomputed": n_recomputed}
+
+
+def step_metrics(sums: dict, info: dict, dist, cfg: GRPOConfig, step: int, steps_per_epoch: int,
+                 lr: float) -> dict:
+    """One line of metrics.jsonl: the processes' sums added up, then divided."""
+    tot = dict(zip(sums, dist.sum(list(sums.values()))))
+    part_names = sorted(k[len("part_"):] for k in sums if k.startswith("part_"))
+    n = max(tot["rows"], 1)
+    mean_reward = tot["reward"] / n
+    return {
+        "step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3),
+        "reward": mean_reward, "reward_std": math.sqrt(max(tot["reward_sq"] / n - mean_reward ** 2, 0.0)),
+        **{f"reward_{k}": tot[f"part_{k}"] / n for k in part_names},
+        "accuracy": tot["part_correct"] / n if "correct" in part_names else None,
+        "completion_tokens": tot["tokens"] / n, "truncated": tot["truncated"] / n,
+        "zero_variance_groups": tot["zero_var"] / max(tot["groups"], 1), "trained_completions": info["trained_rows"],
+        "kl": tot["kl"] / max(tot["trained_tokens"], 1),
+        "clip_fraction": tot["clipped"] / max(tot["trained_tokens"] * cfg.ppo_epochs, 1),
+        "loss": tot["loss"] / (max(cfg.ppo_epochs, 1) * dist.world_size), "grad_norm": info["grad_norm"],
+        "logprob_gap": info["gap"], "lr": lr,
+        "logprob_gap_mean": tot["gap_sum"] / max(tot["trained_tokens"], 1),  # vs --recompute-gap
+        "old_recomputed": tot["recomputed"] / max(info["trained_rows"], 1),  # trained against the trainer's pi_old
+        "rollout_seconds": round(info["rollout_seconds"], 3), "train_seconds": round(info["train_seconds"], 3),
+    }
+
+
+def save_checkpoint(model, optimizer, tokenizer, folder: Path, step: int, run_config: dict):
+    """Weights (LoRA merged) and the trainer state (resume.py): optimiser, torch RNG and LoRA
+    adapters as tensors; step, Python RNG and the options as JSON."""
+    tensors, param_groups = resume.optimizer_tensors(optimizer)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if has_lora(model):
+        tensors.update({f"lora.{k}": v for k, v in model.state_dict().items() if ".lora_" in k})
+    resume.save_checkpoint(model, folder, tokenizer.folder, tensors,
+                           {"step": step, "param_groups": param_groups,
+                            "python_rng": random.getstate(), "config": run_config})
+
+
 def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                build_prompt: Callable[[Any, random.Random], str], reward_fn: RewardFn,
                desc: str = "grpo", train_prompt: Callable[[Any, random.Random], str] | None = None,
@@ -691,157 +857,36 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
     bar = tqdm(range(start_step, max_steps), initial=start_step, total=max_steps, desc=desc,
                disable=cfg.quiet or not dist.is_main, dynamic_ncols=True)
     for step in bar:
-        # 2. this step's prompts; each process takes its share of them (whole groups)
+        # 2. this step's prompts (each process takes its share, whole groups); a prompt's random
+        #    masks, its sampling and the learning rate are functions of the step, so a resumed run
+        #    continues exactly
         picks = dist.shard(step_examples(len(examples), cfg.prompts_per_step, step, cfg.seed))
         chosen = [examples[i] for _, i in picks]
-        texts = [build_prompt(examples[i], random.Random(f"{cfg.seed}:prompt:{epoch}:{i}")) for epoch, i in picks]
-        prompt_ids = tokenizer.encode_batch(texts)
-
-        # 3. rollout: G completions per prompt with their sampling log-probs
-        t0 = time.time()
+        seeds = [f"{cfg.seed}:prompt:{epoch}:{i}" for epoch, i in picks]
+        prompt_ids = tokenizer.encode_batch([build_prompt(ex, random.Random(s)) for ex, s in zip(chosen, seeds)])
+        train_ids = None if train_prompt is None else tokenizer.encode_batch(
+            [train_prompt(ex, random.Random(s)) for ex, s in zip(chosen, seeds)])
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
-        with _autocast(device):
-            ro = rollout(model, tokenizer, prompt_ids, cfg.group_size, cfg.max_new_tokens,
-                         cfg.temperature, cfg.top_p, generator, stop_fn)
-        rollout_seconds = time.time() - t0
-
-        if train_prompt is not None:
-            trained_on = tokenizer.encode_batch([train_prompt(examples[i], random.Random(f"{cfg.seed}:prompt:{epoch}:{i}"))
-                                                 for epoch, i in picks])
-            ro.prompts = [trained_on[row // cfg.group_size] for row in range(len(ro.completions))]
-
-        # 4. rewards and group-normalised advantages
-        parts = [{} for _ in ro.texts]
-        rewards = torch.tensor([
-            reward_fn(text, chosen[row // cfg.group_size], parts=parts[row], num_tokens=len(tokens),
-                      max_new_tokens=cfg.max_new_tokens, truncated=trunc)
-            for row, (text, tokens, trunc) in enumerate(zip(ro.texts, ro.completions, ro.truncated))],
-            dtype=torch.float32)
-        advantages, zero_var = group_advantages(rewards, cfg.group_size, std_scale=cfg.std_scale)
-        rows = [r for r in range(len(ro.texts))
-                if (cfg.keep_zero_variance or not zero_var[r // cfg.group_size])
-                and not (cfg.truncated == "exclude" and ro.truncated[r])]
-
-        # 5. pi_old and pi_ref log-probs of the rows that train (no gradients)
-        t0 = time.time()
-        sel_prompts = [ro.prompts[r] for r in rows]
-        sel_comps = [ro.completions[r] for r in rows]
-        if cfg.old_logprobs == "recompute" or train_prompt is not None:
-            old = _batch_logprobs(model, sel_prompts, sel_comps, cfg.temperature, tokenizer.pad_token_id,
-                                  cfg.micro_batch_size, device)
-        else:
-            old = [ro.old_logprobs[r] for r in rows]
-        ref_lp = None
-        if cfg.beta and rows:
-            if ref is not None:
-                ref_lp = _batch_logprobs(ref, sel_prompts, sel_comps, cfg.temperature, tokenizer.pad_token_id,
-                                         cfg.micro_batch_size, device)
-            else:
-                with lora_disabled(model):
-                    ref_lp = _batch_logprobs(model, sel_prompts, sel_comps, cfg.temperature,
-                                             tokenizer.pad_token_id, cfg.micro_batch_size, device)
-
-        # 6. optimise: --ppo-epochs passes over the batch, each one optimiser step, gradients
-        #    accumulated over micro-batches and normalised by the whole (all-process) batch
-        n_rows, n_tokens, n_sampled = dist.sum([len(rows), sum(len(c) for c in sel_comps), len(ro.completions)])
-        # grpo_loss's normaliser for the whole batch; Dr. GRPO's counts every sampled completion
-        # (those left out of the loss too), so it is the same constant at every step
-        total = {"seq-mean": n_rows, "token-mean": n_tokens,
-                 "dr-grpo": n_sampled * cfg.max_new_tokens}[cfg.loss_agg] / dist.world_size
         lr = learning_rate(cfg, step, max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_without_dropout(model)
-        stats, loss_sum, grad_norm, gap = LossStats(), 0.0, 0.0, 0.0
-        gap_sum, n_recomputed = 0.0, 0
-        for ppo_epoch in range(cfg.ppo_epochs if n_rows else 0):
-            optimizer.zero_grad(set_to_none=False)
-            for lo in range(0, len(rows), cfg.micro_batch_size):
-                hi = min(lo + cfg.micro_batch_size, len(rows))
-                with _autocast(device):
-                    new_lp, mask = token_logprobs(model, sel_prompts[lo:hi], sel_comps[lo:hi],
-                                                  cfg.temperature, tokenizer.pad_token_id)
-                width = new_lp.shape[1]
-                old_t = _pad(old[lo:hi], width, device)
-                if ppo_epoch == 0:
-                    # sampler vs trainer, same weights: any gap is numerics (bf16, cached decode vs
-                    # one full pass). A material one would clip on noise, so this micro-batch then
-                    # trains against the trainer's own log-probs, which are exactly what
-                    # --old-logprobs recompute computes (the weights have not moved yet this step).
-                    # --recompute-gap's 1e-3: float32 measures ~1e-6; bf16 on the tiny world
-                    # ~3e-4 with the float32 head (1e-3 with a bf16 head), its largest gaps then
-                    # 0.02 (0.07), against a clip range of log 1.2 = 0.18
-                    gaps = torch.where(mask, (new_lp.detach() - old_t).abs(), 0)
-                    gap, gap_sum = max(gap, float(gaps.max())), gap_sum + float(gaps.sum())
-                    if float(gaps.sum()) > cfg.recompute_gap * float(mask.sum()):
-                        old_t = new_lp.detach()
-                        old[lo:hi] = [row[:len(c)].tolist() for row, c in zip(old_t, sel_comps[lo:hi])]
-                        n_recomputed += hi - lo
-                ref_t = _pad(ref_lp[lo:hi], width, device) if ref_lp is not None else None
-                adv = advantages[[rows[i] for i in range(lo, hi)]].to(device)
-                loss, s = grpo_loss(new_lp, old_t, adv, mask, ref_t, cfg.beta, cfg.clip_eps, cfg.loss_agg, total)
-                loss.backward()
-                loss_sum += float(loss.detach())
-                stats.clipped += s.clipped
-                if ppo_epoch == 0:
-                    stats.kl += s.kl
-                    stats.tokens += s.tokens
-            for p in params:  # every process must join the all-reduce, even with no rows here
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            dist.average_gradients(model)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            optimizer.step()
-        train_seconds = time.time() - t0
 
-        # 7. metrics: sums over processes, then one line of metrics.jsonl and the bar
-        part_names = sorted({k for p in parts for k in p})
-        local = {"reward": float(rewards.sum()), "reward_sq": float((rewards ** 2).sum()), "rows": len(rewards),
-                 "tokens": sum(len(c) for c in ro.completions), "truncated": sum(ro.truncated),
-                 "zero_var": float(zero_var.sum()), "groups": len(zero_var), "kl": stats.kl,
-                 "trained_tokens": stats.tokens, "clipped": stats.clipped, "loss": loss_sum,
-                 "gap_sum": gap_sum, "recomputed": n_recomputed,
-                 **{f"part_{k}": sum(p.get(k, 0.0) for p in parts) for k in part_names}}
-        tot = dict(zip(local, dist.sum(list(local.values()))))
-        n = max(tot["rows"], 1)
-        mean_reward = tot["reward"] / n
-        record = {
-            "step": step + 1, "epoch": round((step + 1) / steps_per_epoch, 3),
-            "reward": mean_reward, "reward_std": math.sqrt(max(tot["reward_sq"] / n - mean_reward ** 2, 0.0)),
-            **{f"reward_{k}": tot[f"part_{k}"] / n for k in part_names},
-            "accuracy": tot["part_correct"] / n if "correct" in part_names else None,
-            "completion_tokens": tot["tokens"] / n, "truncated": tot["truncated"] / n,
-            "zero_variance_groups": tot["zero_var"] / max(tot["groups"], 1), "trained_completions": int(n_rows),
-            "kl": tot["kl"] / max(tot["trained_tokens"], 1),
-            "clip_fraction": tot["clipped"] / max(tot["trained_tokens"] * cfg.ppo_epochs, 1),
-            "loss": tot["loss"] / (max(cfg.ppo_epochs, 1) * dist.world_size), "grad_norm": grad_norm, "logprob_gap": gap, "lr": lr,
-            "logprob_gap_mean": tot["gap_sum"] / max(tot["trained_tokens"], 1),  # vs --recompute-gap
-            "old_recomputed": tot["recomputed"] / max(n_rows, 1),  # trained against the trainer's pi_old
-            "rollout_seconds": round(rollout_seconds, 3), "train_seconds": round(train_seconds, 3),
-        }
+        # 3. the step, then its line of metrics.jsonl and, every --save-every steps, a checkpoint
+        sums, info = grpo_step(model, ref, optimizer, tokenizer, cfg, dist, prompt_ids, chosen, reward_fn,
+                               generator, lr, train_ids, stop_fn)
+        record = step_metrics(sums, info, dist, cfg, step, steps_per_epoch, lr)
         history.append(record)
         if dist.is_main:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_tokens']:.0f}",
                             acc=f"{record['accuracy'] or 0:.2f}")
-
-        # 8. checkpoint: weights (LoRA merged) and the trainer state (resume.py): optimiser,
-        #    torch RNG and LoRA adapters as tensors; step, Python RNG and the options as JSON
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < max_steps and dist.is_main:
-            tensors, param_groups = resume.optimizer_tensors(optimizer)
-            tensors["rng.torch"] = torch.get_rng_state()
-            if has_lora(model):
-                tensors.update({f"lora.{k}": v for k, v in model.state_dict().items() if ".lora_" in k})
-            resume.save_checkpoint(model, out / f"checkpoint-{step + 1}", tokenizer.folder, tensors,
-                                   {"step": step + 1, "param_groups": param_groups,
-                                    "python_rng": random.getstate(), "config": run_config})
+            save_checkpoint(model, optimizer, tokenizer, out / f"checkpoint-{step + 1}", step + 1, run_config)
             if cfg.save_total_limit > 0:
                 resume.remove_old_checkpoints(out, cfg.save_total_limit)
         dist.barrier()
     bar.close()
 
-    # 9. the final checkpoint, beside metrics.jsonl
+    # 4. the final checkpoint, beside metrics.jsonl
     if dist.is_main:
         save_final(model, out, tokenizer.folder)
     dist.barrier()
