@@ -774,7 +774,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
     """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
     reward_fn(text, example, parts=..., **info) scores each completion. Writes the final
     checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary
-    (the policy model itself under "model").
+    (steps, out, first and last reward and length).
 
     train_prompt, when given, is the prompt the loss conditions each completion on instead of
     the one it was sampled from (stage 3 samples rewrites from a rewriting prompt and can train
@@ -905,7 +905,6 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                        first_tokens=first["completion_tokens"], last_tokens=last["completion_tokens"])
     if owns_process_group:
         dist.close()
-    summary["model"] = model
     return summary
 
 

@@ -357,7 +357,6 @@ def main(argv=None) -> dict:
     summary = stage2.train_grpo(stage2.GRPOConfig.from_args(args), failures, rewrite_prompt_of, reward_fn,
                                 desc="stage3", train_prompt=eval_prompt_of if args.policy_prompt == "eval" else None,
                                 options=vars(args))  # saved with each checkpoint; --resume checks them
-    summary.pop("model")
     summary.update(failures=len(failures), failures_path=str(source or mined_path))
     dist.close()
     if dist.is_main and "last_reward" in summary:
