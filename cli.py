@@ -36,9 +36,21 @@ class UsageError(ValueError):
     """Bad input the user can fix (an option, a file, a record); exit code 2."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with every option's default beside it, except a flag's: a flag is off unless given,
+    and argparse would show `--no-std-scale ... (default: True)`, the setting it turns off."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser with its errors on one line: argparse prints the whole usage first,
-    several lines that push the one naming the option at fault away from the eye."""
+    """argparse's parser with its errors on one line (argparse prints the whole usage first,
+    several lines that push the one naming the option at fault away from the eye), and the
+    defaults in --help (HelpFormatter)."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

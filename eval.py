@@ -23,7 +23,6 @@ end samples.jsonl is rewritten in question order and summary.json covers every q
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -353,8 +352,7 @@ def default_device() -> str:
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(description="GSM8K accuracy and generated length, as in the BRIDGE paper.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description="GSM8K accuracy and generated length, as in the BRIDGE paper.")
     parser.add_argument("--model", required=True, help="checkpoint folder or hub id (e.g. Qwen/Qwen2.5-3B)")
     parser.add_argument("--data", default="openai/gsm8k", help="hub dataset id, or a local GSM8K-format JSONL file")
     parser.add_argument("--split", default="test", help="hub dataset split")

@@ -43,7 +43,6 @@ step and options in trainer_state.json, for --resume; see resume.py).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -263,8 +262,7 @@ def save_final(model: Qwen2, out: Path, tokenizer_dir: Path):
 
 
 def parse_args(argv=None):
-    p = cli.ArgumentParser(description="BRIDGE stage 1: masked, shuffled reconstruction of teacher rationales.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description="BRIDGE stage 1: masked, shuffled reconstruction of teacher rationales.")
     p.add_argument("--model", required=True, help="student checkpoint folder or hub id (e.g. Qwen/Qwen2.5-3B)")
     teacher.add_teacher_arguments(p, rows="0:2000")
     p.add_argument("--out", required=True, help="output folder")

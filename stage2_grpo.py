@@ -939,8 +939,7 @@ def reward_with_options(args, rewards: dict[str, RewardFn], examples: Sequence[A
 
 
 def main(argv=None) -> dict:
-    parser = cli.ArgumentParser(description="BRIDGE stage 2: GRPO on masked completion.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description="BRIDGE stage 2: GRPO on masked completion.")
     add_grpo_arguments(parser)
     g = parser.add_argument_group("stage 2 data and reward")
     add_teacher_arguments(g, rows="2000:4000")   # the authors' stage-2 rows

@@ -46,7 +46,6 @@ The defaults are the authors' settings (G=2, temperature 0.7, top-p 0.9, 512 new
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -298,8 +297,7 @@ def mine(args, examples: Sequence, dist) -> list[Failure]:
 
 def main(argv=None) -> dict:
     parser = cli.ArgumentParser(description="BRIDGE stage 3: GRPO on rewriting the teacher's rationale "
-                                "for the student's persistent failures.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "for the student's persistent failures.")
     stage2.add_grpo_arguments(parser)
     parser.set_defaults(max_new_tokens=512, epochs=5.0)  # the authors' stage-3 settings
     g = parser.add_argument_group("stage 3: failure mining")

@@ -489,18 +489,15 @@ def show_main(args):
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(description="Teacher rationales: inspect a source, or generate one with a teacher model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description="Teacher rationales: inspect a source, or generate one with a teacher model.")
     sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("show", help="load a source and print statistics and examples",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    show = sub.add_parser("show", help="load a source and print statistics and examples")
     show.add_argument("source", help="'gsm8k', or a teacher JSONL / the authors' JSONL or JSON list")
     show.add_argument("--rows", type=rows_option, default=None, help="START:END slice of the records")
     show.add_argument("--gsm8k-path", default=None, help="GSM8K train JSONL for source 'gsm8k'")
     show.add_argument("--thinking", default="keep", choices=THINKING, help="the authors' 'Thinking...' section in the rationale")
     show.add_argument("-n", type=nonnegative_int, default=2, help="examples to print")
-    gen = sub.add_parser("generate", help="run a teacher model on GSM8K train, keep correct rationales",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    gen = sub.add_parser("generate", help="run a teacher model on GSM8K train, keep correct rationales")
     gen.add_argument("--model", required=True, help="teacher checkpoint folder or hub id")
     gen.add_argument("--out", required=True, help="teacher JSONL to append to (rejected ones go to OUT.rejected.jsonl)")
     gen.add_argument("--data", default=None, help="GSM8K-format JSONL or hub id (default: ../shared's train, else the hub)")

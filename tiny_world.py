@@ -40,7 +40,6 @@ What a world folder holds (every file is rebuilt from the seed; nothing here is 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -778,14 +777,12 @@ def results_svg(rows: list[dict], curves: list[tuple[str, dict[str, list[float]]
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["table"]:
-        parser = cli.ArgumentParser(prog="tiny_world.py table", description="The results table of a curriculum run.",
-                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parser = cli.ArgumentParser(prog="tiny_world.py table", description="The results table of a curriculum run.")
         parser.add_argument("run", help="run folder with eval/<stage>/summary.json and timings.tsv")
         args = parser.parse_args(argv[1:])
         return results_table(args.run)
     parser = cli.ArgumentParser(description="Build a tiny world: problems, tokenizer, base model "
-                                "(`python tiny_world.py table RUN` prints a curriculum run's results).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "(`python tiny_world.py table RUN` prints a curriculum run's results).")
     parser.add_argument("--out", default="runs/tiny/world", help="world folder (reused if already built)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="world size (test: the test suite's)")
     from cli import nonnegative_int, positive_int

@@ -19,7 +19,6 @@ The first step is warm-up and not counted.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -126,8 +125,7 @@ def run_trl(checkpoint: Path, prompts: list[str], args, work: Path) -> dict:
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default=None, help="a tiny-world folder: benchmark its base model")
     parser.add_argument("--config", default=str(SHARED / "configs" / "qwen2.5-0.5b.json"),
                         help="without --world: random weights of this config.json's shape")

@@ -127,8 +127,13 @@ def test_help_shows_every_default(main, argv, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     entries = _help_entries(main, argv, capsys)
     assert len(entries) >= 3
-    missing = [name for name, text in entries.items() if "(default:" not in text]
+    # an option that takes a value is followed by its metavar or choices; a flag (off unless
+    # given) shows no default, least of all `(default: True)` for --no-std-scale
+    takes_value = {name: re.match(rf"^\s+{re.escape(name)} [A-Z{{]", text) is not None for name, text in entries.items()}
+    missing = [name for name, text in entries.items() if takes_value[name] and "(default:" not in text]
     assert not missing
+    flags = [name for name in entries if not takes_value[name]]
+    assert all("(default:" not in entries[name] for name in flags), flags
 
 
 # -----------------------------------------------------------------------------
