@@ -37,11 +37,15 @@ class UsageError(ValueError):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with every option's default beside it, except a flag's: a flag is off unless given,
-    and argparse would show `--no-std-scale ... (default: True)`, the setting it turns off."""
+    """--help with every option's default beside it, except where there is none to show: a flag
+    is off unless given (argparse would show `--no-std-scale ... (default: True)`, the setting it
+    turns off), a required option has no default (argparse: `(default: None)`), and a help text
+    may say it in words already (`(default: the same as --model)`)."""
 
     def _get_help_string(self, action):
-        return action.help if action.nargs == 0 else super()._get_help_string(action)
+        if action.nargs == 0 or action.required or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -400,50 +400,77 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
 # 4. Options shared with stage 3
 
 
+def option(default=dataclasses.MISSING, help: str = "", group: str = "GRPO", **argparse_kwargs):
+    """A GRPOConfig field that is also a command-line option, declared once: its default, its
+    --help text and what argparse needs (type, choices, action, flag). add_grpo_arguments reads
+    them; a script calling train_grpo directly just sets the fields."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, **argparse_kwargs})
+
+
+MODEL = "model and output"
+
+
 @dataclass
 class GRPOConfig:
-    model: str
-    out: str
-    ref_model: str | None = None          # default: the same checkpoint as --model
-    # the defaults are the authors' stage-2 settings (PAPER.md): G=2, T=0.7, top-p 0.9, 256 new
-    # tokens, lr 1e-5, KL weight 0.1, 3 epochs; add_grpo_arguments takes its defaults from here
-    group_size: int = 2
-    prompts_per_step: int = 1             # the authors step once per prompt (see the schedule below)
-    max_steps: int | None = None
-    epochs: float = 3.0
-    lr: float = 1e-5
-    # the authors' schedule (their trainer's): 10% linear warm-up, linear decay, weight decay
-    # 0.01; they step AdamW once per prompt, which is --prompts-per-step 1 (curriculum.sh)
-    weight_decay: float = 0.01
-    warmup_steps: int = 0                 # > 0 overrides warmup_ratio
-    warmup_ratio: float = 0.1
-    lr_schedule: str = "linear"           # "linear": warm-up, then linear decay; "constant": warm-up only
-    max_grad_norm: float = 1.0
-    beta: float = 0.1
-    clip_eps: float = 0.2
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    loss_agg: str = "seq-mean"            # LOSS_AGGREGATIONS, see grpo_loss
-    std_scale: bool = True                # divide advantages by the group std (off: Dr. GRPO)
-    ppo_epochs: int = 1
-    micro_batch_size: int = 8
-    truncated: str = "keep"               # "keep" | "exclude" completions cut by the token limit
-    keep_zero_variance: bool = False
-    old_logprobs: str = "sampler"         # "sampler" | "recompute"
-    recompute_gap: float = 1e-3           # sampler: mean |gap| above which pi_old is the trainer's
-    stop: str = "answer"                  # "answer": eval's stop rule; "eos": EOS only
-    lora_rank: int = 0
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    gradient_checkpointing: bool = False
-    dtype: str | None = None
-    device: str | None = None
-    seed: int = 42
-    save_every: int = 50
-    save_total_limit: int = 2
-    resume: bool = False
-    quiet: bool = False
+    """Every GRPO option of stages 2 and 3. The defaults are the authors' stage-2 settings
+    (PAPER.md): G=2, T=0.7, top-p 0.9, 256 new tokens, lr 1e-5, KL weight 0.1, 3 epochs, and their
+    trainer's schedule: 10% linear warm-up, linear decay, weight decay 0.01, one AdamW step per
+    prompt (--prompts-per-step 1)."""
+    model: str = option(help="policy checkpoint to start from (folder or hub id)", group=MODEL, required=True)
+    out: str = option(help="output folder: final checkpoint, metrics.jsonl, checkpoint-STEP/", group=MODEL,
+                      required=True)
+    ref_model: str | None = option(None, "frozen KL reference (default: the same as --model; with --lora-rank "
+                                         "the reference is --model with adapters off, no second copy)", MODEL)
+    dtype: str | None = option(None, "weights dtype (default: float32; on CUDA, bf16 autocast is used for the "
+                                     "forward passes)", MODEL, choices=["float32", "bfloat16", "float16"])
+    device: str | None = option(None, "default: cuda if available, else cpu", MODEL)
+    lora_rank: int = option(0, "0: full fine-tuning; else LoRA on q/k/v/o", MODEL, type=nonnegative_int)
+    lora_alpha: float = option(32.0, "LoRA scale alpha / rank", MODEL, type=positive_float)
+    lora_dropout: float = option(0.05, "dropout on the LoRA input", MODEL, type=dropout)
+    gradient_checkpointing: bool = option(False, "recompute activations: less memory, slower", MODEL,
+                                          action="store_true")
+
+    group_size: int = option(2, "G completions per prompt (authors: 2)", type=bounded(int, 2))
+    prompts_per_step: int = option(1, "prompts per GRPO step (all processes)", type=positive_int)
+    max_steps: int | None = option(None, "GRPO steps (None: from --epochs)", type=positive_int)
+    epochs: float = option(3.0, "passes over the prompts when --max-steps is not set", type=positive_float)
+    lr: float = option(1e-5, "AdamW learning rate", type=positive_float)
+    weight_decay: float = option(0.01, "AdamW weight decay", type=nonnegative_float)
+    warmup_steps: int = option(0, "linear warm-up steps; 0: --warmup-ratio of the run", type=nonnegative_int)
+    warmup_ratio: float = option(0.1, "linear warm-up over this share of the steps (authors: 0.1)",
+                                 type=bounded(float, 0, 1))
+    lr_schedule: str = option("linear", "after the warm-up: linear decay towards 0 at the last step (authors), "
+                                        "or constant", choices=["linear", "constant"])
+    max_grad_norm: float = option(1.0, "gradient clipping", type=positive_float)
+    beta: float = option(0.1, "k3 KL weight (authors: 0.1); 0 loads no reference", type=nonnegative_float)
+    clip_eps: float = option(0.2, "PPO clip range: the ratio is clipped to [1 - eps, 1 + eps]",
+                             type=bounded(float, 0, 1, low_open=True, high_open=True))
+    temperature: float = option(0.7, "sampling temperature, also used for every log-prob", type=positive_float)
+    top_p: float = option(0.9, "nucleus sampling mass", type=nucleus)
+    max_new_tokens: int = option(256, "completion length limit", type=positive_int)
+    loss_agg: str = option("seq-mean", "how per-token losses are summed (see grpo_loss): seq-mean (GRPO), "
+                                       "token-mean (DAPO), dr-grpo (Dr. GRPO: sum / (max-new-tokens x completions))",
+                           choices=LOSS_AGGREGATIONS)
+    std_scale: bool = option(True, "advantages r - mean(group), not divided by the group std (Dr. GRPO)",
+                             flag="--no-std-scale", action="store_false")
+    ppo_epochs: int = option(1, "optimiser steps on each batch of rollouts", type=positive_int)
+    micro_batch_size: int = option(8, "completions per forward/backward", type=positive_int)
+    truncated: str = option("keep", "completions cut by --max-new-tokens: train on them, or score them but leave "
+                                    "them out of the loss", choices=["keep", "exclude"])
+    keep_zero_variance: bool = option(False, "also train on groups whose rewards are all equal (no policy "
+                                             "gradient, only the KL pull)", action="store_true")
+    old_logprobs: str = option("sampler", "pi_old: the sampler's own log-probs, or a fresh no-grad forward pass",
+                               choices=["sampler", "recompute"])
+    recompute_gap: float = option(1e-3, "with --old-logprobs sampler: a micro-batch whose mean |log-prob gap| "
+                                        "between sampler and trainer exceeds this trains against the trainer's "
+                                        "own log-probs (free; see optimise)", type=nonnegative_float)
+    stop: str = option("answer", "end a completion at eval's stop rule (after the answer line) or only at EOS",
+                       choices=["answer", "eos"])
+    seed: int = option(42, "sampling, data order and LoRA init", type=nonnegative_int)
+    save_every: int = option(50, "checkpoint every N steps (0: only at the end)", type=nonnegative_int)
+    save_total_limit: int = option(2, "intermediate checkpoints kept (0: all)", type=nonnegative_int)
+    resume: bool = option(False, "continue from the newest OUT/checkpoint-STEP", action="store_true")
+    quiet: bool = option(False, "no progress bar", action="store_true")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "GRPOConfig":
@@ -458,66 +485,18 @@ MAY_CHANGE_ON_RESUME = ("out", "resume", "quiet", "save_every", "save_total_limi
 
 
 def add_grpo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The GRPO options, shared by stage 2 and stage 3 (which may change defaults with
-    parser.set_defaults, e.g. max_new_tokens=512)."""
-    d = GRPOConfig(model="", out="")
-    g = parser.add_argument_group("model and output")
-    g.add_argument("--model", required=True, help="policy checkpoint to start from (folder or hub id)")
-    g.add_argument("--ref-model", default=None, help="frozen KL reference (default: the same as --model; "
-                   "with --lora-rank the reference is --model with adapters off, no second copy)")
-    g.add_argument("--out", required=True, help="output folder: final checkpoint, metrics.jsonl, checkpoint-STEP/")
-    g.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: float32; on CUDA, bf16 autocast is used for the forward passes)")
-    g.add_argument("--device", default=d.device, help="default: cuda if available, else cpu")
-    g.add_argument("--lora-rank", type=nonnegative_int, default=d.lora_rank, help="0: full fine-tuning; else LoRA on q/k/v/o")
-    g.add_argument("--lora-alpha", type=positive_float, default=d.lora_alpha, help="LoRA scale alpha / rank")
-    g.add_argument("--lora-dropout", type=dropout, default=d.lora_dropout, help="dropout on the LoRA input")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory, slower")
-    g = parser.add_argument_group("GRPO")
-    g.add_argument("--group-size", type=bounded(int, 2), default=d.group_size, help="G completions per prompt (authors: 2)")
-    g.add_argument("--prompts-per-step", type=positive_int, default=d.prompts_per_step, help="prompts per GRPO step (all processes)")
-    g.add_argument("--max-steps", type=positive_int, default=d.max_steps, help="GRPO steps (None: from --epochs)")
-    g.add_argument("--epochs", type=positive_float, default=d.epochs, help="passes over the prompts when --max-steps is not set")
-    g.add_argument("--lr", type=positive_float, default=d.lr, help="AdamW learning rate")
-    g.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay, help="AdamW weight decay")
-    g.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps,
-                   help="linear warm-up steps; 0: --warmup-ratio of the run")
-    g.add_argument("--warmup-ratio", type=bounded(float, 0, 1), default=d.warmup_ratio,
-                   help="linear warm-up over this share of the steps (authors: 0.1)")
-    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=["linear", "constant"],
-                   help="after the warm-up: linear decay towards 0 at the last step (authors), or constant")
-    g.add_argument("--max-grad-norm", type=positive_float, default=d.max_grad_norm, help="gradient clipping")
-    g.add_argument("--beta", type=nonnegative_float, default=d.beta, help="k3 KL weight (authors: 0.1); 0 loads no reference")
-    g.add_argument("--clip-eps", type=bounded(float, 0, 1, low_open=True, high_open=True), default=d.clip_eps,
-                   help="PPO clip range: the ratio is clipped to [1 - eps, 1 + eps]")
-    g.add_argument("--temperature", type=positive_float, default=d.temperature,
-                   help="sampling temperature, also used for every log-prob")
-    g.add_argument("--top-p", type=nucleus, default=d.top_p, help="nucleus sampling mass")
-    g.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens, help="completion length limit")
-    g.add_argument("--loss-agg", default=d.loss_agg, choices=LOSS_AGGREGATIONS,
-                   help="how per-token losses are summed (see grpo_loss): seq-mean (GRPO), token-mean (DAPO), "
-                        "dr-grpo (Dr. GRPO: sum / (max-new-tokens x completions))")
-    g.add_argument("--no-std-scale", dest="std_scale", action="store_false",
-                   help="advantages r - mean(group), not divided by the group std (Dr. GRPO)")
-    g.add_argument("--ppo-epochs", type=positive_int, default=d.ppo_epochs, help="optimiser steps on each batch of rollouts")
-    g.add_argument("--micro-batch-size", type=positive_int, default=d.micro_batch_size, help="completions per forward/backward")
-    g.add_argument("--truncated", default=d.truncated, choices=["keep", "exclude"],
-                   help="completions cut by --max-new-tokens: train on them, or score them but leave them out of the loss")
-    g.add_argument("--keep-zero-variance", action="store_true",
-                   help="also train on groups whose rewards are all equal (no policy gradient, only the KL pull)")
-    g.add_argument("--old-logprobs", default=d.old_logprobs, choices=["sampler", "recompute"],
-                   help="pi_old: the sampler's own log-probs, or a fresh no-grad forward pass")
-    g.add_argument("--recompute-gap", type=nonnegative_float, default=d.recompute_gap,
-                   help="with --old-logprobs sampler: a micro-batch whose mean |log-prob gap| between sampler and "
-                        "trainer exceeds this trains against the trainer's own log-probs (free; see train_grpo)")
-    g.add_argument("--stop", default=d.stop, choices=["answer", "eos"],
-                   help="end a completion at eval's stop rule (after the answer line) or only at EOS")
-    g.add_argument("--seed", type=nonnegative_int, default=d.seed, help="sampling, data order and LoRA init")
-    g.add_argument("--save-every", type=nonnegative_int, default=d.save_every, help="checkpoint every N steps (0: only at the end)")
-    g.add_argument("--save-total-limit", type=nonnegative_int, default=d.save_total_limit,
-                   help="intermediate checkpoints kept (0: all)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest OUT/checkpoint-STEP")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    """GRPOConfig's fields as options, shared by stage 2 and stage 3 (which may change defaults
+    with parser.set_defaults, e.g. max_new_tokens=512): `--name-with-dashes` for each field,
+    with the default, help, type and choices its option() declares."""
+    groups = {}
+    for f in dataclasses.fields(GRPOConfig):
+        meta = dict(f.metadata)
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        kwargs = {k: v for k, v in meta.items() if k != "group"}
+        if f.default is not dataclasses.MISSING and "action" not in kwargs:
+            kwargs["default"] = f.default
+        group.add_argument(flag, dest=f.name, **kwargs)
     return parser
 
 
