@@ -195,6 +195,64 @@ class Stream:
         return reconstruction_example(self.examples[index], rng, self.mask_prob)
 
 
+def load_for_training(args, checkpoint, tensors: dict, state: dict | None, dist_ctx):
+    """The model (LoRA adapters added), its trainable parameters, AdamW and the step to start at:
+    from --model, or when resuming from the checkpoint's weights (full fine-tuning) or --model plus
+    the saved adapters (LoRA), with the optimizer moments and the RNG states restored."""
+    source = checkpoint if state and not args.lora_rank else args.model
+    model = Qwen2.from_pretrained(source, dtype=args.dtype, device=dist_ctx.device)
+    if args.lora_rank:
+        add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
+        if state:
+            lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+            result = model.load_state_dict(lora, strict=False)
+            if result.unexpected_keys or any(".lora_" in k for k in result.missing_keys):
+                raise SystemExit(f"{checkpoint}: LoRA adapters do not match the model")
+    model.gradient_checkpointing = args.gradient_checkpointing
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = adamw(params, lr=args.lr, weight_decay=args.weight_decay)
+    if not state:
+        torch.manual_seed(args.seed + dist_ctx.rank)  # LoRA dropout differs per rank, like sampling
+        return model, params, optimizer, 0
+    resume.load_optimizer(optimizer, tensors, state["param_groups"])
+    rank = dist_ctx.rank % state["ranks"]
+    torch.set_rng_state(tensors[f"rng.{rank}.torch"])
+    devices = sum(k.startswith(f"rng.{rank}.cuda.") for k in tensors)
+    cuda = [tensors[f"rng.{rank}.cuda.{i}"] for i in range(devices)]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    return model, params, optimizer, state["step"]
+
+
+def train_step(model: Qwen2, optimizer, params, encoded: list[Encoded], pad_token_id: int, lr: float,
+               micro_batch: int, max_grad_norm: float, dist_ctx, autocast: bool) -> tuple[float, float, int, int]:
+    """One optimizer step on this process's share of an effective batch, in micro-batches.
+
+    The loss is a mean over every target token of the step, all processes together, so neither
+    the micro-batch split nor the number of processes changes the gradient. Returns the step's
+    loss, the gradient norm before clipping, and its target and total token counts (all processes)."""
+    local_target = sum(len(e.target) for e in encoded)
+    local_tokens = sum(len(e.prompt) + len(e.target) for e in encoded)
+    all_target, all_tokens = dist_ctx.sum([local_target, local_tokens])
+    scale = dist_ctx.world_size / all_target  # average_gradients divides by world_size again
+    loss_sum = 0.0
+    for lo in range(0, len(encoded), micro_batch):
+        batch = collate(encoded[lo:lo + micro_batch], pad_token_id, dist_ctx.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = target_loss(model, batch)
+        (loss * scale).backward()
+        loss_sum += loss.item()
+    # average over processes, clip, set the scheduled learning rate, step
+    dist_ctx.average_gradients(model)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return dist_ctx.sum([loss_sum])[0] / all_target, grad_norm, all_target, all_tokens
+
+
 def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW as stages 1-3 use it: weight decay on matrices only (not biases or norms; all LoRA
     parameters are matrices, as in the authors' trainer). fused=True updates every parameter in
@@ -326,8 +384,7 @@ def main(argv=None) -> dict:
     tensors, state = resume.load_trainer_state(checkpoint) if checkpoint else ({}, None)
     if state:
         resume.check_config(state["args"], vars(args), MAY_CHANGE_ON_RESUME, checkpoint)
-    source = checkpoint if state and not args.lora_rank else args.model
-    model = Qwen2.from_pretrained(source, dtype=args.dtype, device=device)
+    model, params, optimizer, start = load_for_training(args, checkpoint, tensors, state, dist_ctx)
     tokenizer = load_tokenizer(args.model)  # its folder stays put while old checkpoints are deleted
     window = model.config.max_position_embeddings
     if args.max_length > window:  # positions past the window train garbage rotary angles, silently
@@ -337,29 +394,6 @@ def main(argv=None) -> dict:
         max_length = window
     else:
         max_length = args.max_length
-    if args.lora_rank:
-        add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
-        if state:
-            lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
-            result = model.load_state_dict(lora, strict=False)
-            if result.unexpected_keys or any(".lora_" in k for k in result.missing_keys):
-                raise SystemExit(f"{checkpoint}: LoRA adapters do not match the model")
-    model.gradient_checkpointing = args.gradient_checkpointing
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=args.lr, weight_decay=args.weight_decay)
-    start = 0
-    if state:
-        resume.load_optimizer(optimizer, tensors, state["param_groups"])
-        start = state["step"]
-        rank = dist_ctx.rank % state["ranks"]
-        torch.set_rng_state(tensors[f"rng.{rank}.torch"])
-        devices = sum(k.startswith(f"rng.{rank}.cuda.") for k in tensors)
-        cuda = [tensors[f"rng.{rank}.cuda.{i}"] for i in range(devices)]
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
-    else:
-        torch.manual_seed(args.seed + dist_ctx.rank)  # LoRA dropout differs per rank, like sampling
     autocast = device.type == "cuda" and model.dtype == torch.float32
 
     def checkpoint_now(step: int):  # every process takes part (its RNG state is saved too)
@@ -384,32 +418,14 @@ def main(argv=None) -> dict:
     run_start, tokens_seen = time.time(), 0
     for step in range(start, end):
         t0 = time.time()
-        # 3a. this step's examples; each process takes its share
+        # 3a. this step's examples (each process takes its share), and one optimizer step on them
         mine = dist_ctx.shard(list(range(step * per_step, (step + 1) * per_step)))
         encoded = [encode(stream[j], tokenizer, max_length) for j in mine]
-        # 3b. the loss is a mean over every target token of the step (all processes), so neither
-        # the micro-batch split nor the number of processes changes the gradient
-        local_target = sum(len(e.target) for e in encoded)
-        local_tokens = sum(len(e.prompt) + len(e.target) for e in encoded)
-        all_target, all_tokens = dist_ctx.sum([local_target, local_tokens])
-        scale = dist_ctx.world_size / all_target  # average_gradients divides by world_size again
-        loss_sum = 0.0
-        for lo in range(0, len(encoded), args.batch_size):
-            batch = collate(encoded[lo:lo + args.batch_size], tokenizer.pad_token_id, device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                loss = target_loss(model, batch)
-            (loss * scale).backward()
-            loss_sum += loss.item()
-        # 3c. average over processes, clip, set the scheduled learning rate, step
-        dist_ctx.average_gradients(model)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm))
         lr = lr_at(step, total_steps, args.warmup_steps, args.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        # 3d. metrics, progress, checkpoint
-        loss_value = dist_ctx.sum([loss_sum])[0] / all_target
+        loss_value, grad_norm, all_target, all_tokens = train_step(
+            model, optimizer, params, encoded, tokenizer.pad_token_id, lr, args.batch_size, args.max_grad_norm,
+            dist_ctx, autocast)
+        # 3b. metrics, progress, checkpoint
         first_loss = loss_value if first_loss is None else first_loss
         last_loss = loss_value
         seconds = time.time() - t0
