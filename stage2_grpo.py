@@ -133,13 +133,15 @@ def prompt_builder(kind: str = "masked", mask_answer_steps: bool = False) -> Cal
 
 
 # -----------------------------------------------------------------------------
-# 2. Rewards: reward(completion_text, example, parts=None, **info) -> float
+# 2. Rewards: reward(completion_text, example) -> float
 #
-# `example` has .answer (the gold number as a string) and .steps (the teacher's steps).
-# `info` carries num_tokens (completion tokens, EOS included), max_new_tokens and
-# truncated (cut by the token limit); a reward takes what it needs and ignores the rest.
-# `parts`, when given, receives the reward's components for metrics.jsonl; every reward
-# writes parts["correct"], which the loop logs as accuracy.
+# `example` has .answer (the gold number as a string) and .steps (the teacher's steps). A reward
+# may also name any of these keyword arguments, and the loop passes it those (call_reward):
+#   parts           a dict for the reward's components, each logged in metrics.jsonl as reward_<key>
+#   num_tokens      completion tokens, EOS included
+#   max_new_tokens  the token limit
+#   truncated       whether the limit cut the completion
+# The loop logs accuracy (parts["correct"]) with eval's own grading unless the reward sets it.
 
 ANSWER_LINE_MARKER = re.compile(r"Answer\s*:", re.IGNORECASE)
 
@@ -259,6 +261,18 @@ def reward_cosine(text: str, example, parts: dict | None = None, num_tokens: int
 
 
 RewardFn = Callable[..., float]
+REWARD_INFO = ("parts", "num_tokens", "max_new_tokens", "truncated")
+
+
+def call_reward(reward: RewardFn, text: str, example, **info) -> float:
+    """reward(text, example, ...) with those of `info` (REWARD_INFO) that it names; one that
+    takes **info gets them all. So `def my_reward(text, example)` is a whole reward."""
+    params = inspect.signature(reward).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        info = {k: v for k, v in info.items() if k in params}
+    return float(reward(text, example, **info))
+
+
 REWARDS: dict[str, RewardFn] = {
     "paper": reward_paper,
     "correct": reward_correct,
@@ -608,10 +622,14 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
     # 2. rewards and group-normalised advantages; the rows that train (groups with reward spread)
     parts = [{} for _ in ro.texts]
     rewards = torch.tensor([
-        reward_fn(text, examples[row // G], parts=parts[row], num_tokens=len(tokens),
-                  max_new_tokens=cfg.max_new_tokens, truncated=trunc)
+        call_reward(reward_fn, text, examples[row // G], parts=parts[row], num_tokens=len(tokens),
+                    max_new_tokens=cfg.max_new_tokens, truncated=trunc)
         for row, (text, tokens, trunc) in enumerate(zip(ro.texts, ro.completions, ro.truncated))],
         dtype=torch.float32)
+    for row, part in enumerate(parts):  # accuracy is logged whatever the reward is
+        gold = getattr(examples[row // G], "answer", None)
+        if "correct" not in part and gold is not None:
+            part["correct"] = float(_correct(ro.texts[row], examples[row // G]))
     advantages, zero_var = group_advantages(rewards, G, std_scale=cfg.std_scale)
     rows = [r for r in range(len(ro.texts))
             if (cfg.keep_zero_variance or not zero_var[r // G])
@@ -751,7 +769,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                desc: str = "grpo", train_prompt: Callable[[Any, random.Random], str] | None = None,
                options: dict | None = None) -> dict:
     """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
-    reward_fn(text, example, parts=..., **info) scores each completion. Writes the final
+    reward_fn(text, example) scores each completion (plus what it names of REWARD_INFO, call_reward). Writes the final
     checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary
     (steps, out, first and last reward and length).
 
