@@ -31,7 +31,7 @@ import tempfile
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Container, Iterator
 
 import cli
 from cli import positive_int, write_atomic
@@ -216,6 +216,24 @@ def check_context(prompts: list[list[int]], max_new_tokens: int, window: int):
                          f"(max_position_embeddings); use --max-new-tokens {window - tokens} or less")
 
 
+def answer_in_batches(model, tokenizer, prompts: list[list[int]], prompts_per_call: int, max_new_tokens: int,
+                      k: int = 1, temperature: float = 0.0, top_p: float = 1.0, generator=None,
+                      skip: Container[int] = ()) -> Iterator[tuple[list[int], "Generation"]]:
+    """The student answering eval prompts (token ids) as eval.py asks it, batch by batch: yields
+    (prompt indices, their Generation: k completions each, prompt-major) under the stop rule.
+    Shortest prompts first, since similar lengths in one batch waste less on padding; `skip`
+    leaves out prompts already answered. The batches depend only on the prompts and `skip`, so
+    a resumed evaluation (it stopped between batches) makes the batches the first run would have
+    made, and the same completions. evaluate (greedy, k=1) and stage 3's failure mining use it."""
+    from model import generate
+    order = [i for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if i not in skip]
+    for lo in range(0, len(order), prompts_per_call):
+        batch = order[lo:lo + prompts_per_call]
+        yield batch, generate(model, [prompts[i] for i in batch], max_new_tokens, temperature=temperature,
+                              top_p=top_p, num_samples=k, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id,
+                              stop_fn=should_stop, generator=generator)
+
+
 def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 16, max_new_tokens: int = 512,
              progress: bool = True, desc: str = "eval", done: dict[int, dict] | None = None,
              on_batch: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], dict]:
@@ -224,23 +242,15 @@ def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 16, max_n
     done: samples an interrupted run already made, by index; they are kept, not generated again.
     on_batch(samples) is called as each batch finishes (main appends them to samples.jsonl)."""
     from tqdm import tqdm
-    from model import generate
     done = done or {}
     prompts = tokenizer.encode_batch([build_prompt(e["question"]) for e in examples])
     check_context(prompts, max_new_tokens, model.config.max_position_embeddings)
-    # similar lengths in one batch waste less on padding; results go back in input order. A
-    # resumed run skips what is done: the batches after it are the ones the first run would
-    # have made (it stopped between batches), so it produces the same completions.
-    order = [i for i in sorted(range(len(examples)), key=lambda i: len(prompts[i])) if i not in done]
     samples: list[dict | None] = [done.get(i) for i in range(len(examples))]
     start = time.time()
     bar = tqdm(total=len(examples), initial=len(done), desc=desc, disable=not progress, dynamic_ncols=True)
-    correct_so_far = sum(s["correct"] for s in done.values())
+    correct_so_far, answered = sum(s["correct"] for s in done.values()), len(done)
     new_tokens = 0
-    for lo in range(0, len(order), batch_size):
-        batch = order[lo:lo + batch_size]
-        out = generate(model, [prompts[i] for i in batch], max_new_tokens, temperature=0.0,
-                       tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id, stop_fn=should_stop)
+    for batch, out in answer_in_batches(model, tokenizer, prompts, batch_size, max_new_tokens, skip=done):
         for i, tokens, reason in zip(batch, out.tokens, out.finish_reasons):
             completion = tokenizer.decode(tokens)
             prediction = extract_answer(completion)
@@ -252,8 +262,9 @@ def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 16, max_n
                           "finish_reason": reason, "completion": completion}
         if on_batch is not None:
             on_batch([samples[i] for i in batch])
+        answered += len(batch)
         bar.update(len(batch))
-        bar.set_postfix(acc=f"{correct_so_far / (len(done) + lo + len(batch)):.3f}")
+        bar.set_postfix(acc=f"{correct_so_far / answered:.3f}")
     bar.close()
     return samples, summarize(samples, time.time() - start, new_tokens)
 

@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 import cli
 import resume
 import stage2_grpo as stage2
-from eval import build_prompt, extract_answer, is_correct, should_stop
+from eval import answer_in_batches, build_prompt, extract_answer, is_correct
 from cli import nonnegative_float, nucleus, positive_int, write_atomic
 from stage2_grpo import answer_part
 from teacher import add_teacher_arguments, load_from_args, load_teacher_data
@@ -105,20 +105,15 @@ def model_sampler(model, tokenizer, temperature: float = 0.7, top_p: float = 1.0
     attempts are identical, so use k=1)."""
     import torch
     from tqdm import tqdm
-    from model import generate
     generator = torch.Generator(device=model.device).manual_seed(seed)
 
     def sample(questions: Sequence[str], k: int) -> list[list[str]]:
         prompts = tokenizer.encode_batch([build_prompt(q) for q in questions])
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
         out: list[list[str]] = [[] for _ in questions]
         per_call = max(1, batch_size // k)  # batch_size counts rows, and each prompt makes k rows
         bar = tqdm(total=len(questions), desc="mining", disable=not progress, dynamic_ncols=True)
-        for lo in range(0, len(order), per_call):
-            batch = order[lo:lo + per_call]
-            gen = generate(model, [prompts[i] for i in batch], max_new_tokens, temperature=temperature,
-                           top_p=top_p, num_samples=k, tokenizer=tokenizer,
-                           pad_token_id=tokenizer.pad_token_id, stop_fn=should_stop, generator=generator)
+        for batch, gen in answer_in_batches(model, tokenizer, prompts, per_call, max_new_tokens, k=k,
+                                            temperature=temperature, top_p=top_p, generator=generator):
             for j, i in enumerate(batch):
                 out[i] = [tokenizer.decode(t) for t in gen.tokens[j * k:(j + 1) * k]]
             bar.update(len(batch))
