@@ -335,8 +335,7 @@ def pretraining_text(rng: random.Random, p: Problem, preset: Preset) -> tuple[st
 
 
 def write_jsonl(path: Path, records: list[dict]):
-    from cli import write_atomic
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    cli.write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 # -----------------------------------------------------------------------------
@@ -390,7 +389,6 @@ def pretrain_base(preset: Preset, documents: list[tuple[str, str]], tokenizer_di
     completion tokens only: the model learns to answer prompts, never to write them."""
     import torch
     from tqdm import tqdm
-    from cli import write_atomic
     from model import Qwen2, Qwen2Config, load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
@@ -448,7 +446,7 @@ def pretrain_base(preset: Preset, documents: list[tuple[str, str]], tokenizer_di
     bar.close()
     model.eval()
     model.save_pretrained(out_dir, tokenizer_dir=tokenizer_dir)
-    write_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+    cli.write_atomic(out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
     return {"parameters": model.num_parameters(), "final_loss": metrics[-1]["loss"], "bf16_autocast": bf16,
             "seconds": round(time.time() - start, 1)}
 
@@ -602,8 +600,7 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
                           "pretrain_by_form": {f: forms.count(f) for f in FORMS},
                           "test_misleading": sum(any(misleads(s) for s in p.steps) for p in test) / len(test)},
                 "build_seconds": round(time.time() - start, 1)}
-        from cli import write_atomic
-        write_atomic(tmp / "world.json", json.dumps(info, indent=2) + "\n")
+        cli.write_atomic(tmp / "world.json", json.dumps(info, indent=2) + "\n")
         # 5. move into place, world.json last: a world without it was never finished
         root.mkdir(parents=True, exist_ok=True)
         for item in sorted(tmp.iterdir(), key=lambda p: p.name == "world.json"):
@@ -625,7 +622,6 @@ def results_table(run_dir) -> list[dict]:
     RUN/results.json and RUN/results.md, plus RUN/results.svg (accuracy against tokens, and the
     training curves from RUN/<stage>/metrics.jsonl). With RUN/world/world.json, results.md also
     shows the base model under each prompt form."""
-    from cli import write_atomic
     run = Path(run_dir)
     seconds: dict[str, float] = {}
     timings = run / "timings.tsv"
@@ -648,7 +644,7 @@ def results_table(run_dir) -> list[dict]:
                      "eval_seconds": round(seconds.get(f"eval_{stage}", s.get("seconds", 0.0)), 1)})
     if not rows:
         raise ValueError(f"{run}: no eval/<stage>/summary.json found")
-    write_atomic(run / "results.json", json.dumps(rows, indent=2) + "\n")
+    cli.write_atomic(run / "results.json", json.dumps(rows, indent=2) + "\n")
     base = rows[0]
     lines = ["| stage | accuracy | 95% interval | mean generated tokens | n | misleading / other questions | "
              "seconds (+ eval) |", "|---|---|---|---|---|---|---|"]
@@ -669,8 +665,8 @@ def results_table(run_dir) -> list[dict]:
                   "| prompt form | accuracy | mean generated tokens | n |", "|---|---|---|---|"]
         lines += [f"| {form} | {100 * f['accuracy']:.1f}% | {f['mean_generated_tokens']:.1f} | {f['n']} |"
                   for form, f in by_form.items()]
-    write_atomic(run / "results.md", "\n".join(lines) + "\n")
-    write_atomic(run / "results.svg", results_svg(rows, training_curves(run)))
+    cli.write_atomic(run / "results.md", "\n".join(lines) + "\n")
+    cli.write_atomic(run / "results.svg", results_svg(rows, training_curves(run)))
     print("\n".join(lines))
     print(f"plot: {run / 'results.svg'}")
     return rows
