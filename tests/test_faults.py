@@ -260,8 +260,11 @@ WITH_OUR_THREADS = ("import runpy, sys, torch; torch.set_num_threads({}); sys.ar
 def start_stage(command):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     launcher = WITH_OUR_THREADS.format(torch.get_num_threads())
+    # a background job of a non-interactive shell (CI under nohup, say) starts with SIGINT ignored,
+    # and Python then never turns it into KeyboardInterrupt: give the child the default handler
     return subprocess.Popen([sys.executable, "-c", launcher, *command], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def signal_after_first_checkpoint(process, out, sig, delay=0.0, timeout=300):
@@ -330,9 +333,7 @@ def test_ctrl_c_stops_in_one_line_and_resume_finishes(tiny_world, tmp_path):
     out = tmp_path / "stage2"
     command = stage_command("stage2", tiny_world, out)
     code, err = signal_after_first_checkpoint(start_stage(command), out, signal.SIGINT)
-    if code == 0:
-        pytest.skip("the run finished before Ctrl-C arrived")
-    assert code == 130, err[-2000:]
+    assert code == 130, err[-2000:]  # (4 of the 5 steps are still to run when the signal is sent)
     line = err.strip().splitlines()[-1]
     assert "Traceback" not in err
     assert line.startswith("interrupted: the same command with --resume continues from ") and "checkpoint-" in line
