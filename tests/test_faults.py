@@ -30,6 +30,14 @@ def assert_complete_model(out):
     assert load_tokenizer(out).eos_token_id is not None
 
 
+def assert_evaluates(out, world):
+    """The final model answers held-out questions through eval.py's own loop."""
+    from eval import evaluate, load_gsm8k
+    samples, summary = evaluate(Qwen2.from_pretrained(out), load_tokenizer(out), load_gsm8k(str(world.test), limit=4),
+                                batch_size=4, max_new_tokens=8, progress=False)
+    assert summary["n"] == 4 and all(s["generated_tokens"] > 0 for s in samples)
+
+
 def no_pickle(*args, **kwargs):
     raise AssertionError("--resume must not unpickle anything (torch.load)")
 
@@ -320,6 +328,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(stage, tiny_world, 
     MAINS[stage]([*command[1:], "--resume"])
     assert metrics_steps(out) == [1, 2, 3, 4, 5]
     assert_complete_model(out)
+    assert_evaluates(out, tiny_world)
     assert no_litter(out)
     # the same run, never interrupted, ends with the same weights to the bit
     whole = tmp_path / "whole" / stage
