@@ -96,6 +96,23 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
+def trainer_tensors(model, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """What both stages' checkpoints hold as tensors: the optimizer's (optimizer_tensors) and, with
+    LoRA, the adapters unmerged (`lora.<name>`), since the saved weights have them merged in."""
+    tensors, param_groups = optimizer_tensors(optimizer)
+    tensors.update({f"lora.{k}": v for k, v in model.state_dict().items() if ".lora_" in k})
+    return tensors, param_groups
+
+
+def load_adapters(model, tensors: dict[str, torch.Tensor], checkpoint: Path):
+    """The inverse for the adapters: load the `lora.` tensors into a model with LoRA added;
+    adapters that do not fit its layers are refused, not half loaded."""
+    lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+    result = model.load_state_dict(lora, strict=False)
+    if result.unexpected_keys or any(".lora_" in k for k in result.missing_keys):
+        raise SystemExit(f"{checkpoint}: LoRA adapters do not match the model")
+
+
 # -----------------------------------------------------------------------------
 # 2. Finding, cleaning and rotating checkpoint folders
 

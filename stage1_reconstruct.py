@@ -60,7 +60,7 @@ import resume
 import teacher
 from eval import build_prompt, default_device
 from cli import dropout, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
-from model import Qwen2, Tokenizer, add_lora, has_lora, load_tokenizer, refuse_16bit_full_finetuning
+from model import Qwen2, Tokenizer, add_lora, load_tokenizer, refuse_16bit_full_finetuning
 
 MASK = "<MASK>"
 INSTRUCTION = ("The steps below are out of order, and one of them may be missing (shown as {mask}). "
@@ -204,10 +204,7 @@ def load_for_training(args, checkpoint, tensors: dict, state: dict | None, dist_
     if args.lora_rank:
         add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout)
         if state:
-            lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
-            result = model.load_state_dict(lora, strict=False)
-            if result.unexpected_keys or any(".lora_" in k for k in result.missing_keys):
-                raise SystemExit(f"{checkpoint}: LoRA adapters do not match the model")
+            resume.load_adapters(model, tensors, checkpoint)
     model.gradient_checkpointing = args.gradient_checkpointing
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -293,12 +290,10 @@ def save_checkpoint(out: Path, step: int, model: Qwen2, optimizer, args, tokeniz
     (resume.py) with what --resume needs besides: the optimizer, every process's RNG state
     (rng.RANK.torch, rng.RANK.cuda.DEVICE) and the LoRA adapters unmerged as tensors; the step
     and the options in the JSON."""
-    tensors, param_groups = resume.optimizer_tensors(optimizer)
+    tensors, param_groups = resume.trainer_tensors(model, optimizer)
     for rank, rng in enumerate(rngs):
         tensors[f"rng.{rank}.torch"] = rng["torch"]
         tensors.update({f"rng.{rank}.cuda.{i}": t for i, t in enumerate(rng["cuda"])})
-    if has_lora(model):
-        tensors.update({f"lora.{k}": v for k, v in model.state_dict().items() if ".lora_" in k})
     resume.save_checkpoint(model, out / f"checkpoint-{step}", tokenizer_dir, tensors,
                            {"step": step, "param_groups": param_groups, "ranks": len(rngs), "args": vars(args)})
     resume.remove_old_checkpoints(out, max(keep, 1))

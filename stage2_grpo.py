@@ -72,7 +72,7 @@ import distributed
 import resume
 from eval import NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop, strip_continuation
 from cli import bounded, dropout, nonnegative_float, nonnegative_int, nucleus, positive_float, positive_int
-from model import (Qwen2, add_lora, generate, has_lora, load_tokenizer, lora_disabled, merged_state_dict,
+from model import (Qwen2, add_lora, generate, load_tokenizer, lora_disabled, merged_state_dict,
                    refuse_16bit_full_finetuning, token_logprobs)
 from stage1_reconstruct import adamw, lr_at
 from teacher import STEP_MARKER, add_teacher_arguments, load_from_args
@@ -755,10 +755,8 @@ def step_metrics(sums: dict, info: dict, dist, cfg: GRPOConfig, step: int, steps
 def save_checkpoint(model, optimizer, tokenizer, folder: Path, step: int, run_config: dict):
     """Weights (LoRA merged) and the trainer state (resume.py): optimiser, torch RNG and LoRA
     adapters as tensors; step, Python RNG and the options as JSON."""
-    tensors, param_groups = resume.optimizer_tensors(optimizer)
+    tensors, param_groups = resume.trainer_tensors(model, optimizer)
     tensors["rng.torch"] = torch.get_rng_state()
-    if has_lora(model):
-        tensors.update({f"lora.{k}": v for k, v in model.state_dict().items() if ".lora_" in k})
     resume.save_checkpoint(model, folder, tokenizer.folder, tensors,
                            {"step": step, "param_groups": param_groups,
                             "python_rng": random.getstate(), "config": run_config})
@@ -825,8 +823,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
     if cfg.lora_rank:
         add_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
         if state is not None:
-            model.load_state_dict({k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")},
-                                  strict=False)
+            resume.load_adapters(model, tensors, resume_from)
         if cfg.ref_model and cfg.ref_model != cfg.model and cfg.beta:
             raise ValueError("--ref-model with --lora-rank: the reference is --model with adapters off")
     elif cfg.beta:

@@ -122,6 +122,22 @@ def test_optimizer_and_rng_round_trip_without_pickle(tmp_path, monkeypatch):
     assert torch.equal(weights, copy)
 
 
+def test_lora_adapters_round_trip_and_a_mismatch_is_refused(tiny_qwen_checkpoint):
+    from model import add_lora
+    trained = add_lora(Qwen2.from_pretrained(tiny_qwen_checkpoint), rank=4)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if ".lora_" in name:
+                p.normal_()
+    tensors, _ = resume.trainer_tensors(trained, torch.optim.AdamW(trained.parameters()))
+    assert any(k.startswith("lora.") for k in tensors)
+    fresh = add_lora(Qwen2.from_pretrained(tiny_qwen_checkpoint), rank=4)
+    resume.load_adapters(fresh, tensors, "ckpt")
+    assert all(torch.equal(a, b) for (n, a), (_, b) in zip(trained.named_parameters(), fresh.named_parameters()))
+    with pytest.raises(SystemExit, match="ckpt: LoRA adapters do not match the model"):
+        resume.load_adapters(add_lora(Qwen2.from_pretrained(tiny_qwen_checkpoint), rank=4), {}, "ckpt")
+
+
 def test_config_change_is_one_line_naming_option_and_values():
     saved = {"model": "a", "lr": 1e-4, "rows": "0:16", "save_every": 5}
     resume.check_config(saved, {**saved, "save_every": 7}, ["save_every"], "ckpt")  # may differ
