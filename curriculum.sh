@@ -12,7 +12,8 @@
 # present, else the hub), BASELINES (1: also train the paper's two baselines from the base with
 # stage 1's and stage 2's budgets, `sft` = plain distillation and `grpo` = GRPO on the plain
 # prompt; default 1 for the tiny world, 0 for paper mode), STAGE1_ARGS / STAGE2_ARGS /
-# STAGE3_ARGS / EVAL_ARGS (extra options appended to those commands), PYTHON (default: python).
+# STAGE3_ARGS / EVAL_ARGS / WORLD_ARGS (extra options appended to those commands; WORLD_ARGS="--seed 1"
+# builds another tiny world), PYTHON (default: python).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -90,7 +91,7 @@ evaluate() {  # evaluate STAGE CHECKPOINT
 
 # 0. the base model (tiny: build the world if it is missing)
 if [ "$TARGET" = tiny ]; then
-  run base $PY tiny_world.py --out "$WORLD" --preset "$PRESET"
+  run base $PY tiny_world.py --out "$WORLD" --preset "$PRESET" ${WORLD_ARGS:-}
   # the world's own splits and stage-2 length budget (world.json "suggested", see tiny_world.py)
   read -r ROWS1 ROWS2 ROWS3 WPS < <($PY -c "import json; s = json.load(open('$WORLD/world.json'))['suggested']
 print(s['stage1_rows'], s['stage2_rows'], s['stage3_rows'], s['stage2_words_per_step'])")
