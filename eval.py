@@ -374,6 +374,9 @@ def main(argv=None):
                         help="default: as stored in the checkpoint")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval/<model name>)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the decode step (model.compile_decode): minutes to compile on a CPU, "
+                             "for long evaluations on a GPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -384,7 +387,7 @@ def main(argv=None):
 
     # 2. the questions, and what an interrupted run of this same command already answered
     examples = load_gsm8k(args.data, args.split, args.limit)
-    from model import Qwen2, load_tokenizer, resolve_checkpoint_dir  # torch: after the data checks
+    from model import Qwen2, compile_decode, load_tokenizer, resolve_checkpoint_dir  # torch: after the data checks
     model_dir = resolve_checkpoint_dir(args.model)
     settings = run_settings(args, model_dir)
     done = read_done(out, settings, examples)
@@ -397,6 +400,8 @@ def main(argv=None):
     if len(done) < len(examples):
         device = args.device or default_device()
         model = Qwen2.from_pretrained(model_dir, dtype=args.dtype, device=device)
+        if args.compile:
+            compile_decode(model)
         tokenizer = load_tokenizer(model_dir)
         saved: list[dict] = []
 

@@ -72,7 +72,7 @@ import distributed
 import resume
 from eval import NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop, strip_continuation
 from cli import bounded, dropout, nonnegative_float, nonnegative_int, nucleus, positive_float, positive_int
-from model import (Qwen2, add_lora, generate, load_tokenizer, lora_disabled, merged_state_dict,
+from model import (Qwen2, add_lora, compile_decode, generate, load_tokenizer, lora_disabled, merged_state_dict,
                    refuse_16bit_full_finetuning, token_logprobs)
 from stage1_reconstruct import adamw, lr_at
 from teacher import STEP_MARKER, add_teacher_arguments, load_from_args
@@ -443,6 +443,8 @@ class GRPOConfig:
     lora_dropout: float = option(0.05, "dropout on the LoRA input", MODEL, type=dropout)
     gradient_checkpointing: bool = option(False, "recompute activations: less memory, slower", MODEL,
                                           action="store_true")
+    compile: bool = option(False, "torch.compile generate's decode step (model.compile_decode): the first "
+                           "rollout compiles, minutes on a CPU; for long runs on a GPU", MODEL, action="store_true")
 
     group_size: int = option(2, "G completions per prompt (authors: 2)", type=bounded(int, 2))
     prompts_per_step: int = option(1, "prompts per GRPO step (all processes)", type=positive_int)
@@ -495,7 +497,8 @@ class GRPOConfig:
 # Every other option (of GRPOConfig, and of the stage's own command line) changes what the run
 # computes, so --resume refuses a new value for it (resume.check_config); these only say where,
 # how often and how visibly, or how much memory.
-MAY_CHANGE_ON_RESUME = ("out", "resume", "quiet", "save_every", "save_total_limit", "device", "gradient_checkpointing")
+MAY_CHANGE_ON_RESUME = ("out", "resume", "quiet", "save_every", "save_total_limit", "device", "gradient_checkpointing",
+                        "compile")
 
 
 def add_grpo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -830,6 +833,8 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         ref = Qwen2.from_pretrained(cfg.ref_model or cfg.model, dtype=cfg.dtype or "float32", device=device)
         ref.requires_grad_(False)
     model.gradient_checkpointing = cfg.gradient_checkpointing
+    if cfg.compile:
+        compile_decode(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # stage 1's: decay on matrices only
     start_step = 0

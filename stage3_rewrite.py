@@ -275,8 +275,10 @@ def mine(args, examples: Sequence, dist) -> list[Failure]:
     """Every process mines its share of the questions; all of them get the whole set back. The
     model is loaded as eval.py loads it (the stored dtype unless --dtype says otherwise)."""
     import torch
-    from model import Qwen2, load_tokenizer
+    from model import Qwen2, compile_decode, load_tokenizer
     model = Qwen2.from_pretrained(args.model, dtype=args.dtype, device=dist.device)
+    if args.compile:
+        compile_decode(model)
     tokenizer = load_tokenizer(model.source_dir)
     mine_rows = dist.shard(list(range(len(examples))))
     sampler = model_sampler(model, tokenizer, args.mine_temperature, args.mine_top_p, args.mine_max_new_tokens,

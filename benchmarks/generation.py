@@ -8,6 +8,7 @@ the ratio. Not a test: the figures depend on the machine.
 
     python benchmarks/generation.py                                  # CPU, fp32 and bf16, B = 8 and 32
     python benchmarks/generation.py --device cuda --dtypes bfloat16 --batch-sizes 8 32 128
+    python benchmarks/generation.py --compile --no-transformers   # ours eager and with --compile
 """
 import argparse
 import sys
@@ -20,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
-from model import Qwen2, Qwen2Config, generate  # noqa: E402
+from model import Qwen2, Qwen2Config, compile_decode, generate  # noqa: E402
 
 
 def sync(device):
@@ -59,6 +60,9 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-transformers", action="store_true", help="time our generate only")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time ours with model.compile_decode (the --compile option); "
+                             "the first call's compile time is printed apart")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
@@ -91,6 +95,19 @@ def main():
             print(f"{dtype:9s} B={batch:<4d} ours {ours_s:8.1f} tok/s"
                   + (f"   transformers {ref_s:8.1f} tok/s   ratio {ours_s / ref_s:5.2f}x" if ref_s else ""),
                   flush=True)
+        if args.compile:
+            compiled = compile_decode(Qwen2.from_pretrained(folder / "ckpt", dtype=dtype, device=args.device))
+            start = time.perf_counter()
+            time_ours(compiled, prompts[:2], 4, args.device)  # compiles (one graph for every shape after)
+            print(f"{dtype:9s} compile_decode: first call {time.perf_counter() - start:.1f} s", flush=True)
+            for batch in args.batch_sizes:
+                g = torch.Generator().manual_seed(batch)
+                prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len), generator=g).tolist()
+                speed = batch * args.new_tokens / time_ours(compiled, prompts, args.new_tokens, args.device)
+                eager = next(r[2] for r in rows if r[:2] == (dtype, batch))
+                print(f"{dtype:9s} B={batch:<4d} ours compiled {speed:8.1f} tok/s   compiled / eager {speed / eager:5.2f}x",
+                      flush=True)
+            del compiled
         del ours, ref
     print("\n| dtype | batch | ours (tok/s) | transformers (tok/s) | ratio |\n|---|---|---|---|---|")
     for dtype, batch, o, r in rows:

@@ -22,6 +22,9 @@ Every model has random weights at an official shape (../shared/configs; no downl
                            tokens, beta 0.1 against a frozen fp32 reference, full fine-tuning in fp32
                            under bf16 autocast, gradient checkpointing): rollout and training seconds,
                            torch.cuda.max_memory_allocated against benchmarks/gpu_memory.py's figure
+  compiled_generate_0.5b   the --compile option (model.compile_decode, inductor) at the 0.5B shape,
+                           last because it may take minutes: compile seconds, new tokens per second
+                           eager and compiled in one run, and whether greedy output is the same
 
 Random weights never say EOS, so every completion runs to its token limit: the seconds are an
 upper bound for those limits (a trained model stops earlier). The GRPO step is built from stage
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import itertools
 import json
 import math
 import os
@@ -62,7 +66,8 @@ import cli  # noqa: E402
 SHARED = ROOT.parent / "shared"
 GB = 1024 ** 3
 GSM8K_TEST_QUESTIONS = 1319
-PARTS = ("parity_0.5b", "generate_0.5b", "parity_3b", "generate_3b", "eval_3b", "stage1_3b", "grpo_step_3b")
+PARTS = ("parity_0.5b", "generate_0.5b", "parity_3b", "generate_3b", "eval_3b", "stage1_3b", "grpo_step_3b",
+         "compiled_generate_0.5b")
 
 
 @dataclass
@@ -81,10 +86,11 @@ class Settings:
     stage1_length: int          # prompt + target tokens per example (half and half)
     stage1_steps: int           # timed, after one warm-up step
     grpo_new_tokens: int
+    compile_backend: str        # torch.compile backend of compiled_generate (aot_eager: traced, no code made)
 
 
-GPU = Settings("bfloat16", False, 4, 32, 64, 100, 256, 64, 256, 4, 2048, 3, 256)
-SMOKE = Settings("float32", True, 2, 8, 4, 16, 8, 4, 8, 2, 64, 2, 8)
+GPU = Settings("bfloat16", False, 4, 32, 64, 100, 256, 64, 256, 4, 2048, 3, 256, "inductor")
+SMOKE = Settings("float32", True, 2, 8, 4, 16, 8, 4, 8, 2, 64, 2, 8, "aot_eager")
 
 
 def shape(name: str, shrink: bool) -> dict:
@@ -185,6 +191,33 @@ def generation_speed(ours, ref, vocab: int, s: Settings) -> dict:
             "ours_over_transformers": t_ref / t_ours, "ours_seconds": t_ours, "transformers_seconds": t_ref,
             "batch": s.generate_batch, "prompt_tokens": s.generate_prompt_tokens,
             "new_tokens": s.generate_new_tokens, "sampling": "temperature 1, no top-k/top-p, EOS disabled"}
+
+
+def compiled_generation(checkpoint: Path, vocab: int, s: Settings, device) -> dict:
+    """generation_speed's run with model.compile_decode against the eager step, same model and
+    prompts; and greedy continuations of the first prompts, which should agree token for token."""
+    import generation
+    from model import Qwen2, compile_decode, generate
+    model = Qwen2.from_pretrained(checkpoint, dtype=s.dtype, device=device)
+    g = torch.Generator().manual_seed(s.generate_batch)
+    prompts = torch.randint(0, vocab, (s.generate_batch, s.generate_prompt_tokens), generator=g).tolist()
+    greedy = lambda: generate(model, prompts[:4], s.parity_new_tokens, eos_token_ids=[]).tokens  # noqa: E731
+    generation.time_ours(model, prompts[:2], 4, str(device))  # warm-up
+    t_eager = generation.time_ours(model, prompts, s.generate_new_tokens, str(device))
+    eager_greedy = greedy()
+    compile_decode(model, backend=s.compile_backend)
+    start = time.perf_counter()
+    generation.time_ours(model, prompts[:2], 4, str(device))  # the compile
+    compile_seconds = time.perf_counter() - start
+    t_compiled = generation.time_ours(model, prompts, s.generate_new_tokens, str(device))
+    compiled_greedy = greedy()
+    same = [sum(1 for _ in itertools.takewhile(lambda ab: ab[0] == ab[1], zip(a, b))) / len(a)
+            for a, b in zip(eager_greedy, compiled_greedy)]
+    tokens = s.generate_batch * s.generate_new_tokens
+    return {"backend": s.compile_backend, "compile_seconds": compile_seconds,
+            "eager_tokens_per_s": tokens / t_eager, "compiled_tokens_per_s": tokens / t_compiled,
+            "compiled_over_eager": t_eager / t_compiled, "greedy_prefix_agreement": min(same),
+            "batch": s.generate_batch, "prompt_tokens": s.generate_prompt_tokens, "new_tokens": s.generate_new_tokens}
 
 
 def eval_time(ours, tokenizer, s: Settings) -> dict:
@@ -423,6 +456,7 @@ def main(argv=None):
             free()
 
     from model import Qwen2, load_tokenizer
+    checkpoints = {}
     try:
         for size in ("0.5b", "3b"):
             if not any(p.endswith(f"_{size}") for p in args.parts):
@@ -431,6 +465,7 @@ def main(argv=None):
             try:  # a failure here loses this shape's parts only
                 config = shape(f"qwen2.5-{size}", s.shrink)
                 checkpoint = random_checkpoint(config, work / size, s.dtype, device)
+                checkpoints[size] = (checkpoint, config)
                 tokenizer = load_tokenizer(checkpoint)
                 wanted = {p[:-len(size) - 1] for p in args.parts if p.endswith(f"_{size}")}
                 if wanted - {"grpo_step"}:
@@ -470,6 +505,16 @@ def main(argv=None):
             else:
                 del ours
                 free()
+        if "compiled_generate_0.5b" in args.parts:
+            def compiled():
+                if "0.5b" not in checkpoints:  # asked for on its own
+                    config = shape("qwen2.5-0.5b", s.shrink)
+                    checkpoints["0.5b"] = (random_checkpoint(config, work / "0.5b", s.dtype, device), config)
+                checkpoint, config = checkpoints["0.5b"]
+                return compiled_generation(checkpoint, config["vocab_size"], s, device)
+            part("compiled_generate_0.5b", f"Qwen2.5-0.5B shape{' (smoke: 2 layers)' if s.shrink else ''}, {s.dtype}: "
+                 f"generate with model.compile_decode (torch.compile, {s.compile_backend}, dynamic shapes) against "
+                 f"the eager decode step on the same model and prompts; greedy agreement of the two", compiled)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -10,7 +10,8 @@ import time
 
 from conftest import ROOT
 
-FIGURES = ["parity_0.5b", "generate_0.5b", "parity_3b", "generate_3b", "eval_3b", "stage1_3b", "grpo_step_3b"]
+FIGURES = ["parity_0.5b", "generate_0.5b", "parity_3b", "generate_3b", "eval_3b", "stage1_3b", "grpo_step_3b",
+           "compiled_generate_0.5b"]
 
 
 def numbers(value, where=""):
@@ -64,6 +65,9 @@ def test_gpu_check_smoke(tmp_path):
     assert 0 < grpo["completion_tokens"] <= grpo["settings"]["max_new_tokens"]
     assert grpo["step_seconds"] >= grpo["rollout_seconds"] > 0 and grpo["computed_gb"] > 0
     assert grpo["peak_allocated_gb"] is None  # no CUDA: not measured, and the file says so
+    compiled = f["compiled_generate_0.5b"]
+    assert compiled["backend"] == "aot_eager" and compiled["greedy_prefix_agreement"] == 1.0
+    assert compiled["compiled_tokens_per_s"] > 0 and compiled["compile_seconds"] > 0
     print(f"gpu_check smoke: {seconds:.1f} s")
 
 

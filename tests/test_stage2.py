@@ -348,7 +348,7 @@ def metrics(out):
 
 
 def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypatch):
-    from model import Qwen2
+    from model import Qwen2, compile_decode
     monkeypatch.setitem(s2.REWARDS, "shorter", shorter_is_better)  # a new reward is one dict entry
     straight = tmp_path / "straight"
     summary = s2.main(run_args(tiny_world, straight, "--reward", "shorter", "--max-steps", "6", "--save-every", "3"))
@@ -374,12 +374,17 @@ def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypa
         s2.main(run_args(tiny_world, straight, "--reward", "shorter", "--max-steps", "6"))
     assert metrics(straight) == rows
 
-    # resume: a run that stopped after step 3 continues exactly as the straight run did
+    # resume: a run that stopped after step 3 continues exactly as the straight run did, here
+    # with --compile (which may change on resume): the compiled decode step samples from the
+    # weights as each step updates them (aot_eager: traced as inductor would, no code generated)
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
     (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))  # one step too many
-    s2.main(run_args(tiny_world, resumed, "--reward", "shorter", "--max-steps", "6", "--resume"))
+    compiled = []
+    monkeypatch.setattr(s2, "compile_decode", lambda m: compiled.append(compile_decode(m, backend="aot_eager")))
+    s2.main(run_args(tiny_world, resumed, "--reward", "shorter", "--max-steps", "6", "--resume", "--compile"))
+    assert len(compiled) == 1
     again = metrics(resumed)
     assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(rows[3:], again[3:]):
