@@ -11,7 +11,9 @@ sampling at T = 0.7 with top-p 0.9, one optimiser step per batch of rollouts (TR
 num_iterations=1, steps_per_generation=1), the per-sequence mean loss (TRL: loss_type="grpo"),
 the same beta with a frozen reference copy, AdamW, fp32 on the CPU. The reward is a fixed
 pseudo-random function of the text, so every group has reward spread and every completion trains.
-The first step is warm-up and not counted.
+The first step is warm-up and not counted. With --impl both, each implementation runs in a process
+of its own, so that each one's peak resident memory (VmHWM, counted from after the checkpoint is
+written) is its own.
 
     python benchmarks/grpo_step.py --world runs/tiny/world                  # the tiny world's base model
     python benchmarks/grpo_step.py --config ../shared/configs/qwen2.5-0.5b.json --max-new-tokens 32
@@ -19,6 +21,7 @@ The first step is warm-up and not counted.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
@@ -63,6 +66,24 @@ def prompt_texts(n: int, gsm8k: Path) -> list[str]:
     from teacher import load_teacher_data
     examples = load_teacher_data("gsm8k", rows=slice(0, n), gsm8k_path=str(gsm8k), quiet=True)
     return [s2.build_masked_prompt(e, random.Random(i)) for i, e in enumerate(examples)]
+
+
+def reset_peak_rss():
+    """Start counting the peak resident set size afresh (Linux: writing 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gb() -> float | None:
+    """This process's peak resident set size since reset_peak_rss (Linux), in GB."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return kb / 1024 ** 2
 
 
 def run_ours(checkpoint: Path, prompts: list[str], args, work: Path) -> dict:
@@ -138,8 +159,11 @@ def main(argv=None):
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--steps", type=int, default=3, help="GRPO steps per implementation (the first is warm-up)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None, help=argparse.SUPPRESS)  # a child of --impl both writes here
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.impl == "both":
+        return both(argv if argv is not None else sys.argv[1:])
 
     with tempfile.TemporaryDirectory(prefix="grpo_bench_") as tmp:
         work = Path(tmp)
@@ -159,22 +183,44 @@ def main(argv=None):
             shape = f"{Path(args.config).name}, random weights"
         print(f"{shape}: {args.prompts_per_step} prompts x G={args.group_size}, {args.max_new_tokens} new tokens, "
               f"beta={args.beta}, {args.threads} threads, median of steps 2..{args.steps}")
-        results = {}
-        if args.impl in ("ours", "both"):
-            results["ours"] = run_ours(checkpoint, prompts, args, work)
-        if args.impl in ("trl", "both"):
-            try:
-                results["trl"] = run_trl(checkpoint, prompts, args, work)
-            except ImportError as e:
-                print(f"TRL not measured: {e}")
-        for name, r in results.items():
-            extra = {k: v for k, v in r.items() if k not in ("rollout_s", "train_s")}
-            print(f"{name:5s} rollout {r['rollout_s']:7.2f} s  train {r['train_s']:7.2f} s  "
-                  f"step {r['rollout_s'] + r['train_s']:7.2f} s  {extra}")
-        if "ours" in results and "trl" in results:
-            ours = results["ours"]["rollout_s"] + results["ours"]["train_s"]
-            theirs = results["trl"]["rollout_s"] + results["trl"]["train_s"]
-            print(f"TRL / ours, seconds per step: {theirs / ours:.2f}x")
+        reset_peak_rss()
+        try:
+            run = run_ours if args.impl == "ours" else run_trl
+            result = {**run(checkpoint, prompts, args, work), "peak_rss_gb": peak_rss_gb()}
+        except ImportError as e:
+            print(f"TRL not measured: {e}")
+            return {}
+    report({args.impl: result})
+    if args.json:
+        Path(args.json).write_text(json.dumps(result))
+    return {args.impl: result}
+
+
+def report(results: dict):
+    for name, r in results.items():
+        extra = {k: v for k, v in r.items() if k not in ("rollout_s", "train_s")}
+        print(f"{name:5s} rollout {r['rollout_s']:7.2f} s  train {r['train_s']:7.2f} s  "
+              f"step {r['rollout_s'] + r['train_s']:7.2f} s  {extra}", flush=True)
+
+
+def both(argv: list[str]) -> dict:
+    """--impl both: ours, then TRL, each in a fresh process with the same arguments."""
+    import subprocess
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="grpo_bench_both_") as tmp:
+        for impl in ("ours", "trl"):
+            child = [a for a in argv if a not in ("--impl", "both", "--impl=both")]
+            out = Path(tmp) / f"{impl}.json"
+            subprocess.run([sys.executable, __file__, *child, "--impl", impl, "--json", str(out)], check=True)
+            if out.exists():
+                results[impl] = json.loads(out.read_text())
+    print("\nside by side:")
+    report(results)
+    if "ours" in results and "trl" in results:
+        ours, theirs = results["ours"], results["trl"]
+        print(f"TRL / ours, seconds per step: "
+              f"{(theirs['rollout_s'] + theirs['train_s']) / (ours['rollout_s'] + ours['train_s']):.2f}x; "
+              f"peak RSS ours {ours['peak_rss_gb']:.2f} GB, TRL {theirs['peak_rss_gb']:.2f} GB")
     return results
 
 
