@@ -475,11 +475,10 @@ class GRPOConfig:
                                     "them out of the loss", choices=["keep", "exclude"])
     keep_zero_variance: bool = option(False, "also train on groups whose rewards are all equal (no policy "
                                              "gradient, only the KL pull)", action="store_true")
-    old_logprobs: str = option("sampler", "pi_old: the sampler's own log-probs, or a fresh no-grad forward pass",
-                               choices=["sampler", "recompute"])
-    recompute_gap: float = option(1e-3, "with --old-logprobs sampler: a micro-batch whose mean |log-prob gap| "
-                                        "between sampler and trainer exceeds this trains against the trainer's "
-                                        "own log-probs (free; see optimise)", type=nonnegative_float)
+    recompute_gap: float = option(1e-3, "pi_old is the sampler's own log-probs; a micro-batch whose mean "
+                                        "|log-prob gap| between sampler and trainer exceeds this trains against "
+                                        "the trainer's own (free; see optimise). 0: always the trainer's",
+                                  type=nonnegative_float)
     stop: str = option("answer", "end a completion at eval's stop rule (after the answer line) or only at EOS",
                        choices=["answer", "eos"])
     seed: int = option(42, "sampling, data order and LoRA init", type=nonnegative_int)
@@ -644,7 +643,7 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
     logprobs = functools.partial(_batch_logprobs, prompts=prompts, completions=completions,
                                  temperature=cfg.temperature, pad_id=tokenizer.pad_token_id,
                                  micro=cfg.micro_batch_size, device=device)
-    if cfg.old_logprobs == "recompute" or train_ids is not None:
+    if train_ids is not None:  # the rollout's prompts are not the loss prompts: recompute pi_old
         old = logprobs(model)
     else:
         old = [ro.old_logprobs[r] for r in rows]
@@ -701,8 +700,8 @@ def optimise(model, optimizer, tokenizer, cfg: GRPOConfig, dist, prompts, comple
             if ppo_epoch == 0:
                 # sampler vs trainer, same weights: any gap is numerics (bf16, cached decode vs
                 # one full pass). A material one would clip on noise, so this micro-batch then
-                # trains against the trainer's own log-probs, which are exactly what
-                # --old-logprobs recompute computes (the weights have not moved yet this step).
+                # trains against the trainer's own log-probs, which are exactly what a separate
+                # no-grad pass would compute (the weights have not moved yet this step).
                 # --recompute-gap's 1e-3: float32 measures ~1e-6; bf16 on the tiny world
                 # ~3e-4 with the float32 head (1e-3 with a bf16 head), its largest gaps then
                 # 0.02 (0.07), against a clip range of log 1.2 = 0.18

@@ -336,7 +336,7 @@ def grpo_one_step(checkpoint: Path, config: dict, s: Settings, device) -> dict:
         rewards = torch.tensor([float(row % 2) for row in range(len(ro.completions))])
         advantages, _ = s2.group_advantages(rewards, cfg.group_size, std_scale=cfg.std_scale)
         rows = len(ro.completions)
-        # 5. pi_ref log-probs (pi_old: the sampler's own, --old-logprobs sampler)
+        # 5. pi_ref log-probs (pi_old: the sampler's own, as stage 2 takes it)
         ref_lp = s2._batch_logprobs(ref, ro.prompts, ro.completions, cfg.temperature, tokenizer.pad_token_id,
                                     cfg.micro_batch_size, device)
         # 6. one optimiser step, gradients accumulated over micro-batches
