@@ -329,9 +329,12 @@ class Qwen2(nn.Module):
 
 class KVCache:
     def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, device, dtype):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # one tensor per layer rather than one for all: under torch.compile (compile_decode) a
+        # write into a slice of one shared tensor was copied whole, every layer at every step
+        # (3x slower than eager on the tiny model); per layer it is written in place
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # real token in slot?
         self.length = 0  # slots filled so far (the same for every row: padding fills slots too)
         self.next_position = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
@@ -351,10 +354,10 @@ class KVCache:
 
     def write(self, layer: int, k, v):
         T = k.shape[2]
-        self.k[layer, :, :, self.length:self.length + T] = k
-        self.v[layer, :, :, self.length:self.length + T] = v
+        self.k[layer][:, :, self.length:self.length + T] = k
+        self.v[layer][:, :, self.length:self.length + T] = v
         end = self.length + T
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, T: int, next_position):
         self.length += T
@@ -362,8 +365,8 @@ class KVCache:
 
     def select_rows(self, rows):
         """Keep (or repeat) batch rows, e.g. to drop finished sequences or to share one prefill."""
-        self.k = self.k.index_select(1, rows)
-        self.v = self.v.index_select(1, rows)
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
         self.valid = self.valid.index_select(0, rows)
         self.next_position = self.next_position.index_select(0, rows)
 

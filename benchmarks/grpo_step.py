@@ -13,7 +13,8 @@ the same beta with a frozen reference copy, AdamW, fp32 on the CPU. The reward i
 pseudo-random function of the text, so every group has reward spread and every completion trains.
 The first step is warm-up and not counted. With --impl both, each implementation runs in a process
 of its own, so that each one's peak resident memory (VmHWM, counted from after the checkpoint is
-written) is its own.
+written) is its own; ours is read before train_grpo writes its final checkpoint (TRL's run saves
+nothing, and safetensors holds a whole copy of the weights in memory while it writes them).
 
     python benchmarks/grpo_step.py --world runs/tiny/world                  # the tiny world's base model
     python benchmarks/grpo_step.py --config ../shared/configs/qwen2.5-0.5b.json --max-new-tokens 32
@@ -94,11 +95,23 @@ def run_ours(checkpoint: Path, prompts: list[str], args, work: Path) -> dict:
                         temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens, stop="eos",
                         micro_batch_size=args.prompts_per_step * args.group_size, save_every=0,
                         seed=0, quiet=True, device="cpu")
-    s2.train_grpo(cfg, examples, lambda i, rng: prompts[i], lambda text, ex, **info: pseudo_reward(text))
+    peak_before_save = []
+    save_final = s2.save_final
+
+    def measured_save_final(*a, **k):  # the training's peak, before the final save (see the docstring)
+        peak_before_save.append(peak_rss_gb())
+        return save_final(*a, **k)
+
+    s2.save_final = measured_save_final
+    try:
+        s2.train_grpo(cfg, examples, lambda i, rng: prompts[i], lambda text, ex, **info: pseudo_reward(text))
+    finally:
+        s2.save_final = save_final
     rows = [json.loads(l) for l in (work / "ours" / "metrics.jsonl").read_text().splitlines()][1:]
     return {"rollout_s": statistics.median(r["rollout_seconds"] for r in rows),
             "train_s": statistics.median(r["train_seconds"] for r in rows),
-            "completion_tokens": statistics.mean(r["completion_tokens"] for r in rows)}
+            "completion_tokens": statistics.mean(r["completion_tokens"] for r in rows),
+            "peak_rss_gb": peak_before_save[0]}
 
 
 def run_trl(checkpoint: Path, prompts: list[str], args, work: Path) -> dict:
@@ -186,7 +199,8 @@ def main(argv=None):
         reset_peak_rss()
         try:
             run = run_ours if args.impl == "ours" else run_trl
-            result = {**run(checkpoint, prompts, args, work), "peak_rss_gb": peak_rss_gb()}
+            figures = run(checkpoint, prompts, args, work)
+            result = {"peak_rss_gb": peak_rss_gb(), **figures}  # ours reports its own, from before its save
         except ImportError as e:
             print(f"TRL not measured: {e}")
             return {}
