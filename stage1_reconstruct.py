@@ -62,7 +62,7 @@ from eval import build_prompt, default_device
 from cli import dropout, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from model import Qwen2, Tokenizer, add_lora, load_tokenizer, refuse_16bit_full_finetuning
 
-MASK = "<MASK>"
+MASK = "<MASK>"  # the authors' stage-1 mask; their stage 2 writes [MASKED] (stage2_grpo.MASK), and so do we
 INSTRUCTION = ("The steps below are out of order, and one of them may be missing (shown as {mask}). "
                "Write out the complete reasoning with every step in the right order, then the answer.")
 IGNORE = -100  # label of a position that is not scored

@@ -80,6 +80,8 @@ from teacher import STEP_MARKER, add_teacher_arguments, load_from_args
 # -----------------------------------------------------------------------------
 # 1. Masked-completion prompts
 
+# The authors' marker for a hidden step in stages 2-3; their stage 1 writes <MASK> (two spellings
+# in their code, kept: the tiny world's base was pre-trained on each stage's own prompt)
 MASK = "[MASKED]"
 
 
