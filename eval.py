@@ -225,7 +225,7 @@ def answer_in_batches(model, tokenizer, prompts: list[list[int]], prompts_per_ca
     leaves out prompts already answered. The batches depend only on the prompts and `skip`, so
     a resumed evaluation (it stopped between batches) makes the batches the first run would have
     made, and the same completions. evaluate (greedy, k=1) and stage 3's failure mining use it."""
-    from model import generate
+    from generate import generate
     order = [i for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if i not in skip]
     for lo in range(0, len(order), prompts_per_call):
         batch = order[lo:lo + prompts_per_call]
@@ -375,7 +375,7 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--out", default=None, help="output folder (default: runs/eval/<model name>)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the decode step (model.compile_decode): minutes to compile on a CPU, "
+                        help="torch.compile the decode step (generate.compile_decode): minutes to compile on a CPU, "
                              "for long evaluations on a GPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -387,7 +387,8 @@ def main(argv=None):
 
     # 2. the questions, and what an interrupted run of this same command already answered
     examples = load_gsm8k(args.data, args.split, args.limit)
-    from model import Qwen2, compile_decode, load_tokenizer, resolve_checkpoint_dir  # torch: after the data checks
+    from generate import compile_decode  # torch: after the data checks
+    from model import Qwen2, load_tokenizer, resolve_checkpoint_dir
     model_dir = resolve_checkpoint_dir(args.model)
     settings = run_settings(args, model_dir)
     done = read_done(out, settings, examples)

@@ -72,8 +72,8 @@ import distributed
 import resume
 from eval import NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop, strip_continuation
 from cli import bounded, dropout, nonnegative_float, nonnegative_int, nucleus, positive_float, positive_int
-from model import (Qwen2, add_lora, compile_decode, generate, load_tokenizer, lora_disabled, merged_state_dict,
-                   refuse_16bit_full_finetuning, token_logprobs)
+from generate import compile_decode, generate, token_logprobs
+from model import Qwen2, add_lora, load_tokenizer, lora_disabled, merged_state_dict, refuse_16bit_full_finetuning
 from stage1_reconstruct import adamw, lr_at
 from teacher import STEP_MARKER, add_teacher_arguments, load_from_args
 
@@ -304,7 +304,7 @@ class Rollouts:
 def rollout(model, tokenizer, prompts: Sequence[Sequence[int]], group_size: int, max_new_tokens: int,
             temperature: float, top_p: float, generator: torch.Generator | None = None,
             stop_fn: Callable[[str], bool] | None = should_stop) -> Rollouts:
-    """G completions of every prompt; the prompt is prefilled once per group (model.generate)."""
+    """G completions of every prompt; the prompt is prefilled once per group (generate.generate)."""
     was_training = model.training
     model.eval()
     out = generate(model, prompts, max_new_tokens, temperature=temperature, top_p=top_p,
@@ -445,7 +445,7 @@ class GRPOConfig:
     lora_dropout: float = option(0.05, "dropout on the LoRA input", MODEL, type=dropout)
     gradient_checkpointing: bool = option(False, "recompute activations: less memory, slower", MODEL,
                                           action="store_true")
-    compile: bool = option(False, "torch.compile generate's decode step (model.compile_decode): the first "
+    compile: bool = option(False, "torch.compile generate's decode step (generate.compile_decode): the first "
                            "rollout compiles, minutes on a CPU; for long runs on a GPU", MODEL, action="store_true")
 
     group_size: int = option(2, "G completions per prompt (authors: 2)", type=bounded(int, 2))

@@ -275,7 +275,8 @@ def mine(args, examples: Sequence, dist) -> list[Failure]:
     """Every process mines its share of the questions; all of them get the whole set back. The
     model is loaded as eval.py loads it (the stored dtype unless --dtype says otherwise)."""
     import torch
-    from model import Qwen2, compile_decode, load_tokenizer
+    from generate import compile_decode
+    from model import Qwen2, load_tokenizer
     model = Qwen2.from_pretrained(args.model, dtype=args.dtype, device=dist.device)
     if args.compile:
         compile_decode(model)

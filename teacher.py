@@ -415,7 +415,8 @@ def _append(path: Path, records: list[dict]):
 def generate_main(args):
     from tqdm import tqdm
     from eval import default_device, load_gsm8k
-    from model import Qwen2, compile_decode, generate, load_tokenizer
+    from generate import compile_decode, generate
+    from model import Qwen2, load_tokenizer
 
     # 1. the questions still to do (resume: skip what either output file already holds)
     data = args.data or (str(default_gsm8k_path()) if default_gsm8k_path().is_file() else HUB_GSM8K)
@@ -515,7 +516,7 @@ def main(argv=None):
     gen.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed")
     gen.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as stored")
     gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    gen.add_argument("--compile", action="store_true", help="torch.compile the decode step (model.compile_decode)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the decode step (generate.compile_decode)")
     args = parser.parse_args(argv)
     if args.command == "show":
         return show_main(args)

@@ -482,7 +482,8 @@ def measure_forms(model_dir: Path, problems: list[Problem], seed: int, max_new_t
     each form, so each needs a base that is sometimes right there (reward spread)."""
     import torch
     from eval import extract_answer, is_correct, should_stop
-    from model import Qwen2, generate, load_tokenizer
+    from generate import generate
+    from model import Qwen2, load_tokenizer
     model = Qwen2.from_pretrained(model_dir).eval()
     tok = load_tokenizer(model_dir)
     table = {}

@@ -1,5 +1,5 @@
 """
-Generation speed: our `model.generate` beside transformers' `generate`, on identical weights.
+Generation speed: our `generate.generate` beside transformers' `generate`, on identical weights.
 
 Random weights at the official Qwen2.5-0.5B shape (no download), a 100-token prompt, 64 sampled
 new tokens (temperature 1, no top-k/top-p truncation, EOS disabled so every row runs the full
@@ -21,7 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
-from model import Qwen2, Qwen2Config, compile_decode, generate  # noqa: E402
+from generate import compile_decode, generate  # noqa: E402
+from model import Qwen2, Qwen2Config  # noqa: E402
 
 
 def sync(device):
@@ -61,7 +62,7 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-transformers", action="store_true", help="time our generate only")
     parser.add_argument("--compile", action="store_true",
-                        help="also time ours with model.compile_decode (the --compile option); "
+                        help="also time ours with generate.compile_decode (the --compile option); "
                              "the first call's compile time is printed apart")
     args = parser.parse_args()
 

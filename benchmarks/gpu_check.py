@@ -12,7 +12,7 @@ Every model has random weights at an official shape (../shared/configs; no downl
                            (our save_pretrained, read back by transformers' from_pretrained), bf16:
                            max |logit difference|, argmax agreement at every prompt position, and
                            how much of a greedy continuation the two produce token for token
-  generate_0.5b, _3b       model.generate against transformers' generate, new tokens per second at
+  generate_0.5b, _3b       generate.generate against transformers' generate, new tokens per second at
                            batch 64, 256 sampled new tokens, bf16 (benchmarks/generation.py's timers)
   eval_3b                  eval.evaluate on the first 64 GSM8K test questions (batch 64, 256 new
                            tokens, bf16), scaled to the 1,319 questions of the test set
@@ -22,7 +22,7 @@ Every model has random weights at an official shape (../shared/configs; no downl
                            tokens, beta 0.1 against a frozen fp32 reference, full fine-tuning in fp32
                            under bf16 autocast, gradient checkpointing): rollout and training seconds,
                            torch.cuda.max_memory_allocated against benchmarks/gpu_memory.py's figure
-  compiled_generate_0.5b   the --compile option (model.compile_decode, inductor) at the 0.5B shape,
+  compiled_generate_0.5b   the --compile option (generate.compile_decode, inductor) at the 0.5B shape,
                            last because it may take minutes: compile seconds, new tokens per second
                            eager and compiled in one run, and whether greedy output is the same
 
@@ -155,7 +155,7 @@ def gsm8k_prompts(n: int, tokenizer) -> list[list[int]]:
 
 def parity(ours, ref, prompts: list[list[int]], new_tokens: int) -> dict:
     """Logits of each prompt (batch 1, so no padding is involved) and a greedy continuation."""
-    from model import generate
+    from generate import generate
     worst, largest, agree, positions, prefixes = 0.0, 0.0, 0, 0, []
     for prompt in prompts:
         ids = torch.tensor([prompt], device=ours.device)
@@ -194,10 +194,11 @@ def generation_speed(ours, ref, vocab: int, s: Settings) -> dict:
 
 
 def compiled_generation(checkpoint: Path, vocab: int, s: Settings, device) -> dict:
-    """generation_speed's run with model.compile_decode against the eager step, same model and
+    """generation_speed's run with generate.compile_decode against the eager step, same model and
     prompts; and greedy continuations of the first prompts, which should agree token for token."""
     import generation
-    from model import Qwen2, compile_decode, generate
+    from generate import compile_decode, generate
+    from model import Qwen2
     model = Qwen2.from_pretrained(checkpoint, dtype=s.dtype, device=device)
     g = torch.Generator().manual_seed(s.generate_batch)
     prompts = torch.randint(0, vocab, (s.generate_batch, s.generate_prompt_tokens), generator=g).tolist()
@@ -307,7 +308,8 @@ def grpo_one_step(checkpoint: Path, config: dict, s: Settings, device) -> dict:
     import grpo_step as bench  # benchmarks/grpo_step.py: the stage-2 masked prompts of GSM8K train
     import stage1_reconstruct as s1
     import stage2_grpo as s2
-    from model import Qwen2, load_tokenizer, token_logprobs
+    from generate import token_logprobs
+    from model import Qwen2, load_tokenizer
     free()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -484,7 +486,7 @@ def main(argv=None):
                  f"the same random weights (saved by our save_pretrained, loaded by theirs); logits of GSM8K prompts "
                  f"(batch 1) and a greedy continuation of each",
                  lambda: parity(ours, ref, gsm8k_prompts(s.parity_prompts, tokenizer), s.parity_new_tokens))
-            part(f"generate_{size}", f"{label}, {s.dtype}: new tokens per second, model.generate against "
+            part(f"generate_{size}", f"{label}, {s.dtype}: new tokens per second, generate.generate against "
                  f"transformers' generate (benchmarks/generation.py's timers), random prompts",
                  lambda: generation_speed(ours, ref, config["vocab_size"], s))
             del ref
@@ -513,7 +515,7 @@ def main(argv=None):
                 checkpoint, config = checkpoints["0.5b"]
                 return compiled_generation(checkpoint, config["vocab_size"], s, device)
             part("compiled_generate_0.5b", f"Qwen2.5-0.5B shape{' (smoke: 2 layers)' if s.shrink else ''}, {s.dtype}: "
-                 f"generate with model.compile_decode (torch.compile, {s.compile_backend}, dynamic shapes) against "
+                 f"generate with generate.compile_decode (torch.compile, {s.compile_backend}, dynamic shapes) against "
                  f"the eager decode step on the same model and prompts; greedy agreement of the two", compiled)
     finally:
         if not args.work:

@@ -1,5 +1,5 @@
 """
-Sampling one token per row, model.draw (inverse CDF) beside torch.multinomial, in one run: the
+Sampling one token per row, generate.draw (inverse CDF) beside torch.multinomial, in one run: the
 step alone, and a whole sampled rollout of the tiny world's model (generate at temperature 0.7,
 as stage 2 samples), once with each.
 
@@ -24,9 +24,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
-import model as model_module  # noqa: E402
+import generate as generate_module  # noqa: E402
 import tiny_world  # noqa: E402
-from model import Qwen2, Qwen2Config, draw, generate  # noqa: E402
+from generate import draw, generate  # noqa: E402
+from model import Qwen2, Qwen2Config  # noqa: E402
 
 
 def multinomial(weights, generator=None):
@@ -72,9 +73,9 @@ def main():
     rollout()  # warm-up
     seconds = {}
     for name, sampler in (("draw", draw), ("multinomial", multinomial)):
-        model_module.draw = sampler  # sample_next looks the name up at call time
+        generate_module.draw = sampler  # sample_next looks the name up at call time
         seconds[name] = best_of(args.rounds, rollout)
-    model_module.draw = draw
+    generate_module.draw = draw
     tokens = args.rows * args.new_tokens
     print(f"rollout, tiny preset, {args.rows} rows x {args.new_tokens} new tokens at T=0.7: "
           f"draw {tokens / seconds['draw']:.0f} tok/s, torch.multinomial {tokens / seconds['multinomial']:.0f} tok/s "

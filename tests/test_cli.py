@@ -13,6 +13,7 @@ import pytest
 import cli
 from conftest import GSM8K_TEST, ROOT
 import eval as eval_script
+import generate as generate_module
 import model as model_module
 
 
@@ -211,7 +212,7 @@ def test_eval_continues_after_an_interruption(tiny_qwen_checkpoint, tmp_path, mo
             "--batch-size", "2", "--quiet", "--max-new-tokens", "8"]
     full = eval_script.main(args + ["--out", str(tmp_path / "full")])
 
-    real_generate, calls = model_module.generate, []
+    real_generate, calls = generate_module.generate, []
 
     def interrupted_generate(*a, **k):
         calls.append(1)
@@ -220,13 +221,13 @@ def test_eval_continues_after_an_interruption(tiny_qwen_checkpoint, tmp_path, mo
         return real_generate(*a, **k)
 
     out = tmp_path / "parts"
-    monkeypatch.setattr(model_module, "generate", interrupted_generate)
+    monkeypatch.setattr(generate_module, "generate", interrupted_generate)
     with pytest.raises(KeyboardInterrupt, match="2 of 5 questions done.*run the same command again"):
         eval_script.main(args + ["--out", str(out)])
     assert len((out / "samples.jsonl").read_text().splitlines()) == 2 and not (out / "summary.json").exists()
     with open(out / "samples.jsonl", "a") as f:
         f.write('{"index": 4, "question": "cut sh')  # a line the kill cut short
-    monkeypatch.setattr(model_module, "generate", real_generate)
+    monkeypatch.setattr(generate_module, "generate", real_generate)
     resumed = eval_script.main(args + ["--out", str(out)])
 
     timing = ("seconds", "generated_tokens_per_second")
@@ -234,7 +235,7 @@ def test_eval_continues_after_an_interruption(tiny_qwen_checkpoint, tmp_path, mo
     assert (out / "samples.jsonl").read_text() == (tmp_path / "full" / "samples.jsonl").read_text()
 
     # finished: the same command again generates nothing and writes the same summary
-    monkeypatch.setattr(model_module, "generate", lambda *a, **k: pytest.fail("generated again"))
+    monkeypatch.setattr(generate_module, "generate", lambda *a, **k: pytest.fail("generated again"))
     again = eval_script.main(args + ["--out", str(out)])
     assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in full.items() if k not in timing}
     # other settings: refused, naming the one that changed
@@ -273,5 +274,5 @@ def test_written_files_respect_the_umask(tiny_qwen_checkpoint, tmp_path):
 def test_generate_refuses_to_run_past_the_context_window(tiny_qwen_checkpoint):
     model = model_module.Qwen2.from_pretrained(tiny_qwen_checkpoint)
     with pytest.raises(ValueError, match=r"max_new_tokens 100: a prompt of 2000 tokens .* window of 2048"):
-        model_module.generate(model, [[1] * 2000], 100)
-    assert len(model_module.generate(model, [[1] * 2046], 2, eos_token_ids=[]).tokens[0]) == 2  # exactly fits
+        generate_module.generate(model, [[1] * 2000], 100)
+    assert len(generate_module.generate(model, [[1] * 2046], 2, eos_token_ids=[]).tokens[0]) == 2  # exactly fits

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import QWEN_TOKENIZER, SHARED
-from model import (KVCache, Qwen2, Qwen2Config, add_lora, generate, load_tokenizer, lora_disabled,
-                   token_logprobs)
+from generate import generate, token_logprobs
+from model import KVCache, Qwen2, Qwen2Config, add_lora, load_tokenizer, lora_disabled
 
 transformers = pytest.importorskip("transformers")
 
@@ -136,7 +136,7 @@ def test_sampling_is_reproducible_and_logprobs_match(pair):
 
 
 def test_top_p_keeps_only_the_nucleus():
-    from model import sample_next
+    from generate import sample_next
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)
     seen = {sample_next(logits, 1.0, 0.7, g)[0].item() for _ in range(300)}
@@ -146,7 +146,7 @@ def test_top_p_keeps_only_the_nucleus():
 
 
 def test_draw_follows_the_weights_and_never_picks_a_zero(monkeypatch):
-    from model import draw
+    from generate import draw
     g = torch.Generator().manual_seed(0)
     weights = torch.tensor([[0.0, 1.0, 0.0, 3.0, 6.0, 0.0]]).repeat(40000, 1)  # any total, zeros inside and at the end
     counts = torch.bincount(draw(weights, g), minlength=6).double() / 40000
@@ -275,7 +275,7 @@ def test_text_so_far_is_the_full_decode():
     """TextSoFar (generate's stop_fn text) equals decode(all tokens) after every token, also
     mid-character: Qwen's ids below 256 are single bytes, many of them halves of a UTF-8 character,
     and the ids for multi-byte words and special tokens are mixed in."""
-    import model as model_module
+    import generate as generate_module
     tok = load_tokenizer(QWEN_TOKENIZER)
     words = tok.encode("Ünïcödé 数学 ✓ 🙂 Answer: 12\n") + [151643, 151645]  # <|endoftext|>, <|im_end|>
     rng = torch.Generator().manual_seed(0)
@@ -284,7 +284,7 @@ def test_text_so_far_is_the_full_decode():
         pool = torch.randint(0, 2, (n,), generator=rng).tolist()
         ids = [int(torch.randint(0, 256, (1,), generator=rng)) if p else words[int(torch.randint(0, len(words), (1,), generator=rng))]
                for p in pool]
-        text = model_module.TextSoFar(tok)
+        text = generate_module.TextSoFar(tok)
         for k in range(1, n + 1):
             assert text(ids[:k]) == tok.decode(ids[:k]), (trial, ids[:k])
 
@@ -292,7 +292,7 @@ def test_text_so_far_is_the_full_decode():
 def test_stop_fn_sees_what_full_decoding_saw(pair, monkeypatch):
     """generate with TextSoFar gives the tokens and finish reasons of the old rule (decode every
     token at every step), on sampled completions from a 320-token vocabulary (Qwen's bytes)."""
-    import model as model_module
+    import generate as generate_module
     from eval import should_stop
     _, ours, _ = pair
     tok = load_tokenizer(QWEN_TOKENIZER)
@@ -305,7 +305,7 @@ def test_stop_fn_sees_what_full_decoding_saw(pair, monkeypatch):
                 for rule in rules for seed in range(3)]
 
     new = run()
-    monkeypatch.setattr(model_module, "TextSoFar", lambda tokenizer: tokenizer.decode)  # the old rule
+    monkeypatch.setattr(generate_module, "TextSoFar", lambda tokenizer: tokenizer.decode)  # the old rule
     old = run()
     reasons = set()
     for a, b in zip(new, old):
@@ -323,7 +323,7 @@ def test_compiled_decode_step_generates_what_eager_does(tmp_path):
     torch._dynamo.reset()
     reference_model(tied=True).save_pretrained(tmp_path)
     eager, compiled = Qwen2.from_pretrained(tmp_path), Qwen2.from_pretrained(tmp_path)
-    from model import compile_decode
+    from generate import compile_decode
     compile_decode(compiled, backend="aot_eager")
     prompts = [[1, 2, 3], [9, 8, 7, 6, 5], [4] * 11, [30, 31]]
     free = generate(eager, prompts, 12, temperature=1.0, top_p=0.9, num_samples=3, seed=0, eos_token_ids=[])

@@ -14,8 +14,8 @@ import stage1_reconstruct as s1
 import stage2_grpo as s2
 import stage3_rewrite as s3
 from conftest import tiny_config_dict
-from model import (LoRALinear, Qwen2, Qwen2Config, add_lora, float32_logits, generate, load_tokenizer,
-                   merged_state_dict, token_logprobs)
+from generate import generate, token_logprobs
+from model import LoRALinear, Qwen2, Qwen2Config, add_lora, float32_logits, load_tokenizer, merged_state_dict
 from test_paper_settings import REQUIRED, _branch_settings, parsed
 
 

@@ -348,7 +348,8 @@ def metrics(out):
 
 
 def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypatch):
-    from model import Qwen2, compile_decode
+    from generate import compile_decode
+    from model import Qwen2
     monkeypatch.setitem(s2.REWARDS, "shorter", shorter_is_better)  # a new reward is one dict entry
     straight = tmp_path / "straight"
     summary = s2.main(run_args(tiny_world, straight, "--reward", "shorter", "--max-steps", "6", "--save-every", "3"))
