@@ -768,47 +768,13 @@ def save_checkpoint(model, optimizer, tokenizer, folder: Path, step: int, run_co
                             "python_rng": random.getstate(), "config": run_config})
 
 
-def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
-               build_prompt: Callable[[Any, random.Random], str], reward_fn: RewardFn,
-               desc: str = "grpo", train_prompt: Callable[[Any, random.Random], str] | None = None,
-               options: dict | None = None) -> dict:
-    """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
-    reward_fn(text, example) scores each completion (plus what it names of REWARD_INFO, call_reward). Writes the final
-    checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary
-    (steps, out, first and last reward and length).
-
-    train_prompt, when given, is the prompt the loss conditions each completion on instead of
-    the one it was sampled from (stage 3 samples rewrites from a rewriting prompt and can train
-    them under the plain evaluation prompt); pi_old is then recomputed under it.
-
-    options: the whole command line (vars(args)), when the caller has more options than
-    GRPOConfig (the data, the reward); they are saved with each checkpoint and --resume refuses
-    to continue when one of them changed (MAY_CHANGE_ON_RESUME excepted)."""
-    from tqdm import tqdm
-
-    cfg = config if isinstance(config, GRPOConfig) else GRPOConfig.from_args(config)
-    if not examples:
-        raise ValueError("train_grpo: no examples")
-    if cfg.group_size < 2:
-        raise ValueError(f"--group-size {cfg.group_size}: GRPO needs at least 2 completions per prompt")
-    if cfg.loss_agg not in LOSS_AGGREGATIONS:
-        raise ValueError(f"--loss-agg {cfg.loss_agg!r}: expected one of {LOSS_AGGREGATIONS}")
-    if cfg.lr_schedule not in ("linear", "constant"):
-        raise ValueError(f"--lr-schedule {cfg.lr_schedule!r}: expected linear or constant")
-    refuse_16bit_full_finetuning(cfg.dtype, cfg.lora_rank)  # trained weights stay float32
-    owns_process_group = not torch.distributed.is_initialized()
-    dist = distributed.setup(cfg.device)
-    if cfg.prompts_per_step < dist.world_size:
-        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is smaller than the {dist.world_size} processes")
-    device, out = dist.device, Path(cfg.out)
-    resume.refuse_existing_run(out, cfg.resume)
-    cli.on_interrupt(lambda: resume.how_to_continue(out))  # Ctrl-C says what --resume will do
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-
-    # 1. the policy (from the newest complete checkpoint when resuming, after the main process
-    #    has put right what a kill during a save left behind), its reference and the optimiser
-    run_config = {**dataclasses.asdict(cfg), **(options or {})}
+def load_policy(cfg: GRPOConfig, dist, out: Path, run_config: dict):
+    """The policy, its frozen reference (None when --beta is 0 or with LoRA, whose reference is
+    the model with its adapters off), the tokenizer, the optimiser and the step to start from.
+    With --resume: from the newest complete checkpoint in `out`, after the main process has put
+    right what a kill during a save left behind, with the optimiser and random states it saved,
+    and only if the options are the saved run's (run_config, MAY_CHANGE_ON_RESUME excepted)."""
+    device = dist.device
     if cfg.resume and dist.is_main and out.is_dir():
         resume.clean_checkpoints(out)
     dist.barrier()
@@ -847,6 +813,50 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         version, internal, gauss_next = state["python_rng"]  # random.getstate(), tuples as JSON lists
         random.setstate((version, tuple(internal), gauss_next))
         torch.set_rng_state(tensors["rng.torch"])
+    return model, ref, tokenizer, optimizer, start_step
+
+
+def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
+               build_prompt: Callable[[Any, random.Random], str], reward_fn: RewardFn,
+               desc: str = "grpo", train_prompt: Callable[[Any, random.Random], str] | None = None,
+               options: dict | None = None) -> dict:
+    """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
+    reward_fn(text, example) scores each completion (plus what it names of REWARD_INFO, call_reward). Writes the final
+    checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary
+    (steps, out, first and last reward and length).
+
+    train_prompt, when given, is the prompt the loss conditions each completion on instead of
+    the one it was sampled from (stage 3 samples rewrites from a rewriting prompt and can train
+    them under the plain evaluation prompt); pi_old is then recomputed under it.
+
+    options: the whole command line (vars(args)), when the caller has more options than
+    GRPOConfig (the data, the reward); they are saved with each checkpoint and --resume refuses
+    to continue when one of them changed (MAY_CHANGE_ON_RESUME excepted)."""
+    from tqdm import tqdm
+
+    cfg = config if isinstance(config, GRPOConfig) else GRPOConfig.from_args(config)
+    if not examples:
+        raise ValueError("train_grpo: no examples")
+    if cfg.group_size < 2:
+        raise ValueError(f"--group-size {cfg.group_size}: GRPO needs at least 2 completions per prompt")
+    if cfg.loss_agg not in LOSS_AGGREGATIONS:
+        raise ValueError(f"--loss-agg {cfg.loss_agg!r}: expected one of {LOSS_AGGREGATIONS}")
+    if cfg.lr_schedule not in ("linear", "constant"):
+        raise ValueError(f"--lr-schedule {cfg.lr_schedule!r}: expected linear or constant")
+    refuse_16bit_full_finetuning(cfg.dtype, cfg.lora_rank)  # trained weights stay float32
+    owns_process_group = not torch.distributed.is_initialized()
+    dist = distributed.setup(cfg.device)
+    if cfg.prompts_per_step < dist.world_size:
+        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is smaller than the {dist.world_size} processes")
+    device, out = dist.device, Path(cfg.out)
+    resume.refuse_existing_run(out, cfg.resume)
+    cli.on_interrupt(lambda: resume.how_to_continue(out))  # Ctrl-C says what --resume will do
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # 1. the policy (from the newest complete checkpoint when resuming), its reference, the optimiser
+    run_config = {**dataclasses.asdict(cfg), **(options or {})}
+    model, ref, tokenizer, optimizer, start_step = load_policy(cfg, dist, out, run_config)
     steps_per_epoch = math.ceil(len(examples) / cfg.prompts_per_step)
     max_steps = cfg.max_steps if cfg.max_steps is not None else max(1, round(cfg.epochs * steps_per_epoch))
     stop_fn = should_stop if cfg.stop == "answer" else None
