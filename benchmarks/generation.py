@@ -30,6 +30,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def random_prompts(batch: int, vocab: int, length: int) -> list[list[int]]:
+    """The benchmark's prompts: random token ids, the same for a given batch size."""
+    g = torch.Generator().manual_seed(batch)
+    return torch.randint(0, vocab, (batch, length), generator=g).tolist()
+
+
 def time_ours(model, prompts, new_tokens, device):
     sync(device)
     start = time.perf_counter()
@@ -82,8 +88,7 @@ def main():
             ref = transformers.AutoModelForCausalLM.from_pretrained(
                 folder / "ckpt", dtype=getattr(torch, dtype)).to(args.device).eval()
         for batch in args.batch_sizes:
-            g = torch.Generator().manual_seed(batch)
-            prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len), generator=g).tolist()
+            prompts = random_prompts(batch, config.vocab_size, args.prompt_len)
             time_ours(ours, prompts[:2], 4, args.device)  # warm-up
             t_ours = time_ours(ours, prompts, args.new_tokens, args.device)
             t_ref = None
@@ -99,8 +104,7 @@ def main():
         if args.compile:
             compiled = compile_decode(Qwen2.from_pretrained(folder / "ckpt", dtype=dtype, device=args.device))
             for batch in args.batch_sizes:
-                g = torch.Generator().manual_seed(batch)
-                prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len), generator=g).tolist()
+                prompts = random_prompts(batch, config.vocab_size, args.prompt_len)
                 # the first call compiles, and the first change of batch size compiles once more
                 # (then the batch size is symbolic too); not counted in the speed
                 start = time.perf_counter()

@@ -179,8 +179,7 @@ def parity(ours, ref, prompts: list[list[int]], new_tokens: int) -> dict:
 
 def generation_speed(ours, ref, vocab: int, s: Settings) -> dict:
     import generation  # benchmarks/generation.py: the same timers, the same sampling settings
-    g = torch.Generator().manual_seed(s.generate_batch)
-    prompts = torch.randint(0, vocab, (s.generate_batch, s.generate_prompt_tokens), generator=g).tolist()
+    prompts = generation.random_prompts(s.generate_batch, vocab, s.generate_prompt_tokens)
     device = str(ours.device)
     generation.time_ours(ours, prompts[:2], 4, device)  # warm-up
     t_ours = generation.time_ours(ours, prompts, s.generate_new_tokens, device)
@@ -200,8 +199,7 @@ def compiled_generation(checkpoint: Path, vocab: int, s: Settings, device) -> di
     from generate import compile_decode, generate
     from model import Qwen2
     model = Qwen2.from_pretrained(checkpoint, dtype=s.dtype, device=device)
-    g = torch.Generator().manual_seed(s.generate_batch)
-    prompts = torch.randint(0, vocab, (s.generate_batch, s.generate_prompt_tokens), generator=g).tolist()
+    prompts = generation.random_prompts(s.generate_batch, vocab, s.generate_prompt_tokens)
     greedy = lambda: generate(model, prompts[:4], s.parity_new_tokens, eos_token_ids=[]).tokens  # noqa: E731
     generation.time_ours(model, prompts[:2], 4, str(device))  # warm-up
     t_eager = generation.time_ours(model, prompts, s.generate_new_tokens, str(device))

@@ -232,9 +232,10 @@ def both(argv: list[str]) -> dict:
     report(results)
     if "ours" in results and "trl" in results:
         ours, theirs = results["ours"], results["trl"]
+        gb = lambda r: "n/a" if r["peak_rss_gb"] is None else f"{r['peak_rss_gb']:.2f} GB"  # noqa: E731 (not Linux: None)
         print(f"TRL / ours, seconds per step: "
               f"{(theirs['rollout_s'] + theirs['train_s']) / (ours['rollout_s'] + ours['train_s']):.2f}x; "
-              f"peak RSS ours {ours['peak_rss_gb']:.2f} GB, TRL {theirs['peak_rss_gb']:.2f} GB")
+              f"peak RSS ours {gb(ours)}, TRL {gb(theirs)}")
     return results
 
 
