@@ -388,7 +388,8 @@ def main(argv=None):
     # 2. the questions, and what an interrupted run of this same command already answered
     examples = load_gsm8k(args.data, args.split, args.limit)
     from generate import compile_decode  # torch: after the data checks
-    from model import Qwen2, load_tokenizer, resolve_checkpoint_dir
+    from model import Qwen2, resolve_checkpoint_dir
+    from tokenizer import load_tokenizer
     model_dir = resolve_checkpoint_dir(args.model)
     settings = run_settings(args, model_dir)
     done = read_done(out, settings, examples)

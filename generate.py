@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from model import KVCache, Qwen2, Tokenizer, float32_logits
+from model import KVCache, Qwen2, float32_logits
+from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
 # 1. Generation: sampling with a KV cache

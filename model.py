@@ -13,30 +13,27 @@ Read it top to bottom:
                          decode step generate.py calls and the float32 LM head it samples from
   3. KVCache           - preallocated keys/values for generation
   4. loading / saving  - from_pretrained (local folder or hub id), save_pretrained
-  5. LoRA              - low-rank adapters on the attention projections (stage 1's option)
-  6. tokenizer         - the `tokenizers` library plus the ids of EOS and padding
+The LoRA adapters (lora.py) and the tokenizer (tokenizer.py) live beside it.
 
 Quick check:
     python -c "from model import *; m = Qwen2.from_pretrained('Qwen/Qwen2.5-0.5B'); print(m)"
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import looks_like_path, make_readable
+from lora import merged_state_dict
 
 # -----------------------------------------------------------------------------
 # 1. Config
@@ -527,185 +524,3 @@ def save_pretrained(model: Qwen2, out_dir, tokenizer_dir=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-# -----------------------------------------------------------------------------
-# 5. LoRA: W x + (alpha / r) * B(A(dropout(x))), with W frozen. The authors trained stage 1
-# this way (r=16, alpha=32, dropout 0.05 on q/k/v/o); saving merges B @ A into W.
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
-        super().__init__()
-        self.base = base
-        # The adapters are float32 whatever the frozen base is: AdamW's steps (about lr per entry,
-        # 5e-5) are far below half a bf16 ulp of an entry of A (2^-9 |a|, ~1e-4 at |a| = 0.05),
-        # so bf16 adapters lose most updates (tiny world, 20 steps: 82% of A never moved, update
-        # norm 0.47x fp32's). The forward casts them to the input's dtype (or autocast does).
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device, dtype=torch.float32))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device, dtype=torch.float32))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # B = 0, so training starts at W
-        self.scale = alpha / rank
-        self.dropout = nn.Dropout(dropout)
-        self.enabled = True
-
-    @property
-    def weight(self):
-        return self.base.weight
-
-    def forward(self, x):
-        out = self.base(x)
-        if self.enabled:
-            # cast at use: gradients reach the float32 adapters through the cast; no-op in float32
-            delta = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.scale
-            out = out + delta.to(out.dtype)
-        return out
-
-    def merged_weight(self):
-        """W + (alpha / r) B A in float32: in bf16 the sum would round every entry to the nearest
-        bf16 value, dropping each update smaller than half an ulp of W (see save_pretrained)."""
-        return self.base.weight.float() + (self.lora_B.float() @ self.lora_A.float()) * self.scale
-
-
-def add_lora(model: Qwen2, rank: int = 16, alpha: float = 32.0, dropout: float = 0.05,
-             targets: Sequence[str] = LORA_TARGETS) -> Qwen2:
-    """Freeze every weight and wrap the target projections with trainable adapters."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for layer in model.model.layers:
-        for name in targets:
-            setattr(layer.self_attn, name, LoRALinear(getattr(layer.self_attn, name), rank, alpha, dropout))
-    return model
-
-
-def has_lora(model: nn.Module) -> bool:
-    return any(isinstance(m, LoRALinear) for m in model.modules())
-
-
-def refuse_16bit_full_finetuning(dtype, lora_rank: int) -> None:
-    """Trained weights must be float32. There is no float32 master copy here, so full fine-tuning
-    with bf16 weights would let AdamW round its steps away: half a bf16 ulp is 2^-9 to 2^-8 of
-    a weight (6e-5 at |w| = 0.02), above nearly every step at lr 1e-5. LoRA is fine (its
-    adapters are float32 on any base), and so are float32 weights under bf16 autocast."""
-    if parse_dtype(dtype) in (torch.bfloat16, torch.float16) and not lora_rank:
-        raise SystemExit(f"--dtype {dtype} with full fine-tuning would lose most AdamW updates to "
-                         f"{dtype} rounding: use --dtype float32 (on a GPU the forward passes still run "
-                         f"under bf16 autocast) or train LoRA adapters (--lora-rank), which are float32")
-
-
-@contextlib.contextmanager
-def lora_disabled(model: nn.Module):
-    """The base model without adapters, e.g. as the frozen GRPO reference with no second copy."""
-    adapters = [m for m in model.modules() if isinstance(m, LoRALinear)]
-    for m in adapters:
-        m.enabled = False
-    try:
-        yield model
-    finally:
-        for m in adapters:
-            m.enabled = True
-
-
-def merged_state_dict(model: Qwen2) -> dict[str, torch.Tensor]:
-    """The plain Hugging Face state dict, with each adapter folded into its weight.
-
-    With adapters on a bf16 (or fp16) base the whole dict is float32, so a saved checkpoint
-    keeps the trained update exactly: rounding W + BA back to bf16 moves each entry to the
-    nearest bf16 value, which drops every update below half an ulp of W and quantises the rest
-    (tiny world, LoRA at lr 5e-5: after 20 steps 16% of the updated entries fell back to W and
-    the merged update was off by 16% in norm; 3.3% after 100 steps, 1.3% after 300). The cost
-    is a file twice the size (3B: 12 GB, not 6); stages 2-3 train in float32 anyway."""
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if ".lora_" in name:
-            continue
-        state[name.replace(".base.", ".")] = tensor
-    for name, module in model.named_modules():
-        if isinstance(module, LoRALinear):
-            state[f"{name}.weight"] = module.merged_weight().detach()
-    if has_lora(model) and model.dtype != torch.float32:
-        state = {k: v.float() for k, v in state.items()}
-    return state
-
-
-# -----------------------------------------------------------------------------
-# 6. Tokenizer
-
-
-class Tokenizer:
-    """The `tokenizers` library's tokenizer plus what generation needs to know: which ids end a
-    sequence (from generation_config.json and tokenizer_config.json) and which id pads."""
-
-    def __init__(self, folder: Path):
-        from tokenizers import Tokenizer as HFTokenizer
-        self.folder = folder
-        path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: tokenizer file not found")
-        try:
-            self.tok = HFTokenizer.from_file(str(path))
-        except Exception as e:  # the library's own error type, with no file name in it
-            raise ValueError(f"{path}: not a readable tokenizer file ({e})") from None
-        tok_config = _read_json(folder / "tokenizer_config.json")
-        gen_config = _read_json(folder / "generation_config.json")
-        eos_ids: list[int] = []
-        gen_eos = gen_config.get("eos_token_id")
-        for i in (gen_eos if isinstance(gen_eos, list) else [gen_eos]):
-            if i is not None and i not in eos_ids:
-                eos_ids.append(int(i))
-        token_id = self._special_id(tok_config.get("eos_token"), folder)
-        if token_id is not None and token_id not in eos_ids:
-            eos_ids.append(token_id)
-        if not eos_ids:
-            fallback = self.tok.token_to_id("<|endoftext|>")
-            if fallback is None:
-                raise ValueError(f"{folder}: no EOS token in generation_config.json or tokenizer_config.json")
-            eos_ids.append(fallback)
-        self.eos_token_ids = eos_ids
-        pad = self._special_id(tok_config.get("pad_token"), folder)
-        self.pad_token_id = pad if pad is not None else eos_ids[0]
-        # Qwen2's decoder: each token is bytes and the joined bytes are read as UTF-8 (TextSoFar)
-        from tokenizers.decoders import ByteLevel
-        self.decodes_bytes = isinstance(self.tok.decoder, ByteLevel)
-
-    def _special_id(self, token, folder):
-        if isinstance(token, dict):  # {"content": "<|endoftext|>", ...}
-            token = token.get("content")
-        if token is None:
-            return None
-        token_id = self.tok.token_to_id(token)
-        if token_id is None:
-            raise ValueError(f"{folder / 'tokenizer_config.json'}: token {token!r} is not in the vocabulary")
-        return token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.eos_token_ids[0]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tok.get_vocab_size(with_added_tokens=True)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def load_tokenizer(path_or_id) -> Tokenizer:
-    return Tokenizer(resolve_checkpoint_dir(path_or_id))

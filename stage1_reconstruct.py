@@ -60,7 +60,9 @@ import resume
 import teacher
 from eval import build_prompt, default_device
 from cli import dropout, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
-from model import Qwen2, Tokenizer, add_lora, load_tokenizer, refuse_16bit_full_finetuning
+from lora import add_lora, refuse_16bit_full_finetuning
+from model import Qwen2
+from tokenizer import Tokenizer, load_tokenizer
 
 MASK = "<MASK>"  # the authors' stage-1 mask; their stage 2 writes [MASKED] (stage2_grpo.MASK), and so do we
 INSTRUCTION = ("The steps below are out of order, and one of them may be missing (shown as {mask}). "

@@ -73,7 +73,9 @@ import resume
 from eval import NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop, strip_continuation
 from cli import bounded, dropout, nonnegative_float, nonnegative_int, nucleus, positive_float, positive_int
 from generate import compile_decode, generate, token_logprobs
-from model import Qwen2, add_lora, load_tokenizer, lora_disabled, merged_state_dict, refuse_16bit_full_finetuning
+from lora import add_lora, lora_disabled, merged_state_dict, refuse_16bit_full_finetuning
+from model import Qwen2
+from tokenizer import load_tokenizer
 from stage1_reconstruct import adamw, lr_at
 from teacher import STEP_MARKER, add_teacher_arguments, load_from_args
 

@@ -276,7 +276,8 @@ def mine(args, examples: Sequence, dist) -> list[Failure]:
     model is loaded as eval.py loads it (the stored dtype unless --dtype says otherwise)."""
     import torch
     from generate import compile_decode
-    from model import Qwen2, load_tokenizer
+    from model import Qwen2
+    from tokenizer import load_tokenizer
     model = Qwen2.from_pretrained(args.model, dtype=args.dtype, device=dist.device)
     if args.compile:
         compile_decode(model)

@@ -416,7 +416,8 @@ def generate_main(args):
     from tqdm import tqdm
     from eval import default_device, load_gsm8k
     from generate import compile_decode, generate
-    from model import Qwen2, load_tokenizer
+    from model import Qwen2
+    from tokenizer import load_tokenizer
 
     # 1. the questions still to do (resume: skip what either output file already holds)
     data = args.data or (str(default_gsm8k_path()) if default_gsm8k_path().is_file() else HUB_GSM8K)

@@ -389,7 +389,8 @@ def pretrain_base(preset: Preset, documents: list[tuple[str, str]], tokenizer_di
     completion tokens only: the model learns to answer prompts, never to write them."""
     import torch
     from tqdm import tqdm
-    from model import Qwen2, Qwen2Config, load_tokenizer
+    from model import Qwen2, Qwen2Config
+    from tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
     # prompt and completion are encoded apart, exactly as eval.py encodes the prompt and then generates
@@ -483,7 +484,8 @@ def measure_forms(model_dir: Path, problems: list[Problem], seed: int, max_new_t
     import torch
     from eval import extract_answer, is_correct, should_stop
     from generate import generate
-    from model import Qwen2, load_tokenizer
+    from model import Qwen2
+    from tokenizer import load_tokenizer
     model = Qwen2.from_pretrained(model_dir).eval()
     tok = load_tokenizer(model_dir)
     table = {}

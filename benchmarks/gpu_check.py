@@ -241,7 +241,7 @@ def stage1_step(model, tokenizer, config: dict, s: Settings) -> dict:
     the target-token cross-entropy, clipping, AdamW (one optimiser step per micro-batch here)."""
     import gpu_memory
     import stage1_reconstruct as s1
-    from model import add_lora
+    from lora import add_lora
     device = model.device
     add_lora(model, rank=16, alpha=32.0, dropout=0.05)
     model.train()
@@ -306,7 +306,8 @@ def grpo_one_step(checkpoint: Path, config: dict, s: Settings, device) -> dict:
     import stage1_reconstruct as s1
     import stage2_grpo as s2
     from generate import token_logprobs
-    from model import Qwen2, load_tokenizer
+    from model import Qwen2
+    from tokenizer import load_tokenizer
     free()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -454,7 +455,8 @@ def main(argv=None):
         finally:
             free()
 
-    from model import Qwen2, load_tokenizer
+    from model import Qwen2
+    from tokenizer import load_tokenizer
     checkpoints = {}
     try:
         for size in ("0.5b", "3b"):

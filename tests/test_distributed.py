@@ -82,7 +82,8 @@ def test_stage3_under_torchrun_two_processes(tiny_world, tmp_path):
     of the questions, train two GRPO steps with averaged gradients, and must end with identical
     weights; rank 0 alone writes the one checkpoint, which holds exactly those weights."""
     from eval import evaluate, load_gsm8k
-    from model import Qwen2, load_tokenizer
+    from model import Qwen2
+    from tokenizer import load_tokenizer
     import stage2_grpo as s2
 
     out = tmp_path / "stage3"

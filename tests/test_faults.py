@@ -17,7 +17,8 @@ import stage1_reconstruct as s1
 import stage2_grpo as s2
 import stage3_rewrite as s3
 from conftest import ROOT
-from model import Qwen2, load_tokenizer
+from model import Qwen2
+from tokenizer import load_tokenizer
 
 
 def metrics_steps(out):
@@ -123,7 +124,7 @@ def test_optimizer_and_rng_round_trip_without_pickle(tmp_path, monkeypatch):
 
 
 def test_lora_adapters_round_trip_and_a_mismatch_is_refused(tiny_qwen_checkpoint):
-    from model import add_lora
+    from lora import add_lora
     trained = add_lora(Qwen2.from_pretrained(tiny_qwen_checkpoint), rank=4)
     with torch.no_grad():
         for name, p in trained.named_parameters():

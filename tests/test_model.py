@@ -7,7 +7,9 @@ import torch
 
 from conftest import QWEN_TOKENIZER, SHARED
 from generate import generate, token_logprobs
-from model import KVCache, Qwen2, Qwen2Config, add_lora, load_tokenizer, lora_disabled
+from lora import add_lora, lora_disabled
+from model import KVCache, Qwen2, Qwen2Config
+from tokenizer import load_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -15,7 +15,9 @@ import stage2_grpo as s2
 import stage3_rewrite as s3
 from conftest import tiny_config_dict
 from generate import generate, token_logprobs
-from model import LoRALinear, Qwen2, Qwen2Config, add_lora, float32_logits, load_tokenizer, merged_state_dict
+from lora import LoRALinear, add_lora, merged_state_dict
+from model import Qwen2, Qwen2Config, float32_logits
+from tokenizer import load_tokenizer
 from test_paper_settings import REQUIRED, _branch_settings, parsed
 
 

@@ -9,7 +9,8 @@ import torch
 import stage1_reconstruct as s1
 from eval import build_prompt
 from generate import token_logprobs
-from model import Qwen2, load_tokenizer
+from model import Qwen2
+from tokenizer import load_tokenizer
 from teacher import TeacherExample, format_rationale, load_teacher_data
 
 STEPS = ["Mia starts with 4 apples.", "She buys 3 more: 4 + 3 = 7.", "She eats 2: 7 - 2 = 5.",

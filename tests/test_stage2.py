@@ -66,7 +66,8 @@ def test_masked_prompts_hide_the_masked_steps_of_real_rationales():
 def test_grpo_forward_has_no_dropout(tiny_qwen_checkpoint):
     """LoRA's dropout would make pi / pi_old noisy before any update: the loss forward runs
     in training mode (for gradient checkpointing) with dropout off."""
-    from model import Qwen2, add_lora
+    from model import Qwen2
+    from lora import add_lora
     model = add_lora(Qwen2.from_pretrained(tiny_qwen_checkpoint), rank=4, alpha=8.0, dropout=0.5)
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -77,7 +78,7 @@ def test_grpo_forward_has_no_dropout(tiny_qwen_checkpoint):
     s2.train_without_dropout(model)
     assert model.training and torch.equal(model(ids), model(ids))
     # sampling (in eval mode) hands the model back to training without switching dropout on
-    from model import load_tokenizer
+    from tokenizer import load_tokenizer
     s2.rollout(model, load_tokenizer(tiny_qwen_checkpoint), [[1, 2, 3]], group_size=2, max_new_tokens=3,
                temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(0), stop_fn=None)
     assert model.training and torch.equal(model(ids), model(ids))

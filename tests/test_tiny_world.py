@@ -150,7 +150,7 @@ def test_length_buckets_cover_every_document_once():
 
 
 def test_tokenizer_round_trips_with_single_digits(tiny_world):
-    from model import load_tokenizer
+    from tokenizer import load_tokenizer
     tok = load_tokenizer(tiny_world.base_model)
     assert tok.decode([tok.eos_token_id], skip_special_tokens=False) == "<|endoftext|>"
     assert tok.pad_token_id == tok.eos_token_id and 200 <= tok.vocab_size <= 1024
@@ -167,7 +167,8 @@ def test_tokenizer_round_trips_with_single_digits(tiny_world):
 
 
 def test_base_model_is_partly_right_with_long_answers(tiny_world):
-    from model import Qwen2, load_tokenizer
+    from model import Qwen2
+    from tokenizer import load_tokenizer
     model = Qwen2.from_pretrained(tiny_world.base_model)
     tok = load_tokenizer(tiny_world.base_model)
     examples = load_gsm8k(str(tiny_world.test), limit=40)
