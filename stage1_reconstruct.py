@@ -78,17 +78,36 @@ class Example:
     prompt: str
     target: str                  # the complete ordered rationale (EOS is added as a token)
     order: list[int] | None      # original index of each shown step; None for a plain pair
-    masked: int | None           # original index of the masked step, if any
+    masked: list[int] | None     # original indices of the masked steps; None for a plain pair
 
 
-def reconstruction_example(ex: teacher.TeacherExample, rng: random.Random, mask_prob: float) -> Example:
-    """With probability mask_prob one random step becomes <MASK>; then the steps are always
-    shuffled (a plain shuffle, as the authors': with two steps it keeps the order half the time)."""
+def num_masked(n: int) -> int:
+    """How many of n teacher steps stage 2's hint prompt hides: max(3, floor(n/2)), at most n-1;
+    none when n < 2 (PAPER.md). Here for stage 1's `--masked-steps half` too; stage 2 imports it."""
+    if n < 2:
+        return 0
+    return min(max(3, n // 2), n - 1)
+
+
+def reconstruction_example(ex: teacher.TeacherExample, rng: random.Random, mask_prob: float,
+                           masked_steps: str = "one") -> Example:
+    """The paper's stage 1 (`masked_steps="one"`): with probability mask_prob one random step
+    becomes <MASK>; then the steps are always shuffled (a plain shuffle, as the authors': with two
+    steps it keeps the order half the time).
+
+    Not the paper: "half" hides num_masked(n) steps (stage 2's count) and "all" every step, always.
+    They measure how much of stage 1's target the student can copy from its prompt: with one
+    step masked, about 85% of the target's tokens stand in the prompt word for word (README)."""
     n = len(ex.steps)
-    masked = rng.randrange(n) if rng.random() < mask_prob else None
+    if masked_steps == "one":
+        masked = [rng.randrange(n)] if rng.random() < mask_prob else []
+    elif masked_steps == "half":
+        masked = sorted(rng.sample(range(n), num_masked(n)))
+    else:
+        masked = list(range(n))
     order = list(range(n))
     rng.shuffle(order)
-    shown = "\n".join(f"- {MASK if i == masked else ex.steps[i]}" for i in order)
+    shown = "\n".join(f"- {MASK if i in masked else ex.steps[i]}" for i in order)
     prompt = (f"Question: {ex.question.strip()}\n{INSTRUCTION.format(mask=MASK)}\n{shown}\nReasoning:")
     return Example(prompt, "\n" + teacher.format_rationale(ex.steps, ex.answer), order, masked)
 
@@ -173,8 +192,8 @@ class Stream:
     Each item's mask and order come from its own seeded generator."""
 
     def __init__(self, examples: list[teacher.TeacherExample], seed: int, mask_prob: float, plain_ratio: float,
-                 task: str = "reconstruct"):
-        self.examples, self.seed, self.mask_prob = examples, seed, mask_prob
+                 task: str = "reconstruct", masked_steps: str = "one"):
+        self.examples, self.seed, self.mask_prob, self.masked_steps = examples, seed, mask_prob, masked_steps
         if task == "plain":  # the standard-distillation baseline: plain pairs only
             self.items = [(i, True) for i in range(len(examples))]
         else:
@@ -194,7 +213,7 @@ class Stream:
         if plain:
             return plain_example(self.examples[index])
         rng = random.Random(f"{self.seed}:example:{epoch}:{index}")
-        return reconstruction_example(self.examples[index], rng, self.mask_prob)
+        return reconstruction_example(self.examples[index], rng, self.mask_prob, self.masked_steps)
 
 
 def load_for_training(args, checkpoint, tensors: dict, state: dict | None, dist_ctx):
@@ -332,6 +351,9 @@ def parse_args(argv=None):
     p.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="gradient clipping")
     p.add_argument("--max-length", type=positive_int, default=2048, help="prompt + target tokens")
     p.add_argument("--mask-prob", type=probability, default=0.7, help="probability that one step is masked")
+    p.add_argument("--masked-steps", default="one", choices=["one", "half", "all"],
+                   help="one: --mask-prob's one step (the paper); half: stage 2's count, max(3, n/2) of n, "
+                        "at most n-1; all: every step (not the paper: the student copies less, README)")
     p.add_argument("--plain-ratio", type=probability, default=0.0,
                    help="plain eval-prompt -> rationale pairs per reconstruction example (0 = the paper)")
     p.add_argument("--task", default="reconstruct", choices=["reconstruct", "plain"],
@@ -366,7 +388,7 @@ def main(argv=None) -> dict:
 
     # 1. teacher data and the example stream
     examples = teacher.load_from_args(args, quiet=not dist_ctx.is_main)
-    stream = Stream(examples, args.seed, args.mask_prob, args.plain_ratio, args.task)
+    stream = Stream(examples, args.seed, args.mask_prob, args.plain_ratio, args.task, args.masked_steps)
     per_step = args.batch_size * args.grad_accum
     total_steps = args.max_steps or math.ceil(args.epochs * len(stream) / per_step)
 

@@ -76,7 +76,7 @@ from generate import compile_decode, generate, token_logprobs
 from lora import add_lora, lora_disabled, merged_state_dict, refuse_16bit_full_finetuning
 from model import Qwen2
 from tokenizer import load_tokenizer
-from stage1_reconstruct import adamw, lr_at
+from stage1_reconstruct import adamw, lr_at, num_masked  # stage 1's --masked-steps half uses num_masked too
 from teacher import STEP_MARKER, add_teacher_arguments, load_from_args
 
 # -----------------------------------------------------------------------------
@@ -85,13 +85,6 @@ from teacher import STEP_MARKER, add_teacher_arguments, load_from_args
 # The authors' marker for a hidden step in stages 2-3; their stage 1 writes <MASK> (two spellings
 # in their code, kept: the tiny world's base was pre-trained on each stage's own prompt)
 MASK = "[MASKED]"
-
-
-def num_masked(n: int) -> int:
-    """How many of n teacher steps to hide: max(3, floor(n/2)), at most n-1; none when n < 2."""
-    if n < 2:
-        return 0
-    return min(max(3, n // 2), n - 1)
 
 
 def states_answer(step: str, answer: str) -> bool:

@@ -33,21 +33,36 @@ def test_masking_and_shuffling_invariants(n):
         e = s1.reconstruction_example(ex, random.Random(seed), mask_prob=0.7)
         shown = shown_steps(e.prompt)
         assert sorted(e.order) == list(range(n))
-        assert shown.count(s1.MASK) == (e.masked is not None) <= 1
+        assert shown.count(s1.MASK) == len(e.masked) <= 1
         # the unmasked steps are exactly the teacher's steps less the masked one, as a multiset
-        expected = Counter(s for i, s in enumerate(ex.steps) if i != e.masked)
+        expected = Counter(s for i, s in enumerate(ex.steps) if i not in e.masked)
         assert Counter(s for s in shown if s != s1.MASK) == expected
-        assert shown == [s1.MASK if i == e.masked else ex.steps[i] for i in e.order]
+        assert shown == [s1.MASK if i in e.masked else ex.steps[i] for i in e.order]
         assert e.prompt.startswith("Question: How many apples?\n") and e.prompt.endswith("\nReasoning:")
         assert e.target == "\n" + format_rationale(ex.steps, "10")
-        masks += e.masked is not None
+        masks += bool(e.masked)
         reordered += e.order != sorted(e.order)
         again = s1.reconstruction_example(ex, random.Random(seed), mask_prob=0.7)
         assert (again.prompt, again.order, again.masked) == (e.prompt, e.order, e.masked)
     assert 0.6 < masks / 400 < 0.8
     assert (reordered > 100) == (n >= 2)
     never = s1.reconstruction_example(ex, random.Random(0), mask_prob=0.0)
-    assert never.masked is None and s1.MASK not in shown_steps(never.prompt)
+    assert never.masked == [] and s1.MASK not in shown_steps(never.prompt)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 7])
+def test_masked_steps_half_and_all(n):
+    """--masked-steps half hides stage 2's count of steps and all hides every one, whatever
+    --mask-prob; the shuffle and the target are the paper's."""
+    ex = TeacherExample("How many apples?", "10", "", [f"{i} + 1 = {i + 1}." for i in range(n)])
+    for seed in range(50):
+        for mode, count in (("half", s1.num_masked(n)), ("all", n)):
+            e = s1.reconstruction_example(ex, random.Random(seed), mask_prob=0.0, masked_steps=mode)
+            shown = shown_steps(e.prompt)
+            assert len(e.masked) == len(set(e.masked)) == count == shown.count(s1.MASK)
+            assert shown == [s1.MASK if i in e.masked else ex.steps[i] for i in e.order]
+            assert e.target == "\n" + format_rationale(ex.steps, "10")
+    assert s1.num_masked(5) == 3 and s1.num_masked(7) == 3 and s1.num_masked(2) == 1
 
 
 def test_stream_is_a_function_of_seed_and_position():
