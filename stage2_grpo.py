@@ -411,14 +411,18 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
 # 4. Options shared with stage 3
 
 
-def option(default=dataclasses.MISSING, help: str = "", group: str = "GRPO", **argparse_kwargs):
+def option(default=dataclasses.MISSING, help: str = "", group: str = "GRPO (defaults: the authors' settings)",
+           **argparse_kwargs):
     """A GRPOConfig field that is also a command-line option, declared once: its default, its
     --help text and what argparse needs (type, choices, action, flag). add_grpo_arguments reads
     them; a script calling train_grpo directly just sets the fields."""
     return dataclasses.field(default=default, metadata={"help": help, "group": group, **argparse_kwargs})
 
 
-MODEL = "model and output"
+# --help shows the options in these groups, so a reader finds the paper's knobs together
+MODEL = "model and how it runs"
+VARIANT = "GRPO variants and finer choices (defaults: the GRPO of PAPER.md)"
+RUN = "checkpoints and progress"
 
 
 @dataclass
@@ -463,26 +467,26 @@ class GRPOConfig:
     max_new_tokens: int = option(256, "completion length limit", type=positive_int)
     loss_agg: str = option("seq-mean", "how per-token losses are summed (see grpo_loss): seq-mean (GRPO), "
                                        "token-mean (DAPO), dr-grpo (Dr. GRPO: sum / (max-new-tokens x completions))",
-                           choices=LOSS_AGGREGATIONS)
+                           choices=LOSS_AGGREGATIONS, group=VARIANT)
     std_scale: bool = option(True, "advantages r - mean(group), not divided by the group std (Dr. GRPO)",
-                             flag="--no-std-scale", action="store_false")
-    ppo_epochs: int = option(1, "optimiser steps on each batch of rollouts", type=positive_int)
-    micro_batch_size: int = option(8, "completions per forward/backward", type=positive_int)
+                             flag="--no-std-scale", action="store_false", group=VARIANT)
+    ppo_epochs: int = option(1, "optimiser steps on each batch of rollouts", type=positive_int, group=VARIANT)
+    micro_batch_size: int = option(8, "completions per forward/backward", type=positive_int, group=MODEL)
     truncated: str = option("keep", "completions cut by --max-new-tokens: train on them, or score them but leave "
-                                    "them out of the loss", choices=["keep", "exclude"])
+                                    "them out of the loss", choices=["keep", "exclude"], group=VARIANT)
     keep_zero_variance: bool = option(False, "also train on groups whose rewards are all equal (no policy "
-                                             "gradient, only the KL pull)", action="store_true")
+                                             "gradient, only the KL pull)", action="store_true", group=VARIANT)
     recompute_gap: float = option(1e-3, "pi_old is the sampler's own log-probs; a micro-batch whose mean "
                                         "|log-prob gap| between sampler and trainer exceeds this trains against "
                                         "the trainer's own (free; see optimise). 0: always the trainer's",
-                                  type=nonnegative_float)
+                                  type=nonnegative_float, group=VARIANT)
     stop: str = option("answer", "end a completion at eval's stop rule (after the answer line) or only at EOS",
-                       choices=["answer", "eos"])
+                       choices=["answer", "eos"], group=VARIANT)
     seed: int = option(42, "sampling, data order and LoRA init", type=nonnegative_int)
-    save_every: int = option(50, "checkpoint every N steps (0: only at the end)", type=nonnegative_int)
-    save_total_limit: int = option(2, "intermediate checkpoints kept (0: all)", type=nonnegative_int)
-    resume: bool = option(False, "continue from the newest OUT/checkpoint-STEP", action="store_true")
-    quiet: bool = option(False, "no progress bar", action="store_true")
+    save_every: int = option(50, "checkpoint every N steps (0: only at the end)", type=nonnegative_int, group=RUN)
+    save_total_limit: int = option(2, "intermediate checkpoints kept (0: all)", type=nonnegative_int, group=RUN)
+    resume: bool = option(False, "continue from the newest OUT/checkpoint-STEP", action="store_true", group=RUN)
+    quiet: bool = option(False, "no progress bar", action="store_true", group=RUN)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "GRPOConfig":

@@ -317,8 +317,9 @@ def load_teacher_data(source: str, rows: slice | None = None, gsm8k_path: str | 
     return examples
 
 
-def add_teacher_arguments(parser: argparse.ArgumentParser, rows: str | None = None):
-    """The options every stage script shares for choosing its teacher data."""
+def add_teacher_arguments(parser, rows: str | None = None):
+    """The options every stage script shares for choosing its teacher data (on a parser or one of
+    its argument groups)."""
     parser.add_argument("--teacher-data", default="gsm8k",
                         help="'gsm8k' (GSM8K train solutions), our teacher JSONL, the authors' stage-1/2 "
                              "JSONL or their stage-3 JSON list")
