@@ -298,6 +298,8 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 # (resume.check_config); these only say where, how often and how visibly, or how much memory.
 MAY_CHANGE_ON_RESUME = ("out", "resume", "stop_after", "save_every", "keep_checkpoints", "quiet", "device",
                         "gradient_checkpointing")
+# Options newer than the first checkpoints, with the value that reproduces those runs
+ADDED_LATER = {"masked_steps": "one"}
 
 
 def rng_state() -> dict:
@@ -407,7 +409,7 @@ def main(argv=None) -> dict:
     checkpoint = resume.latest_checkpoint(out) if args.resume and out.is_dir() else None
     tensors, state = resume.load_trainer_state(checkpoint) if checkpoint else ({}, None)
     if state:
-        resume.check_config(state["args"], vars(args), MAY_CHANGE_ON_RESUME, checkpoint)
+        resume.check_config(state["args"], vars(args), MAY_CHANGE_ON_RESUME, checkpoint, ADDED_LATER)
     model, params, optimizer, start = load_for_training(args, checkpoint, tensors, state, dist_ctx)
     tokenizer = load_tokenizer(args.model)  # its folder stays put while old checkpoints are deleted
     window = model.config.max_position_embeddings

@@ -147,6 +147,17 @@ def test_config_change_is_one_line_naming_option_and_values():
     assert str(error.value) == "ckpt: cannot resume with different options: --lr (saved 0.0001, now 0.0002)"
 
 
+def test_an_option_added_later_resumes_older_checkpoints_at_its_old_behaviour():
+    """A stage-1 checkpoint written before --masked-steps existed resumes with the paper's `one`
+    (what the code did then), and refuses any other value."""
+    saved = {"model": "a", "lr": 1e-4}
+    resume.check_config(saved, {**saved, "masked_steps": "one"}, [], "ckpt", s1.ADDED_LATER)
+    with pytest.raises(SystemExit, match=r"--masked-steps \(saved 'one', now 'half'\)"):
+        resume.check_config(saved, {**saved, "masked_steps": "half"}, [], "ckpt", s1.ADDED_LATER)
+    with pytest.raises(SystemExit, match="--masked-steps"):  # without the table it is a changed option
+        resume.check_config(saved, {**saved, "masked_steps": "one"}, [], "ckpt")
+
+
 def test_a_path_option_may_be_spelled_another_way_on_resume(tmp_path, monkeypatch):
     (tmp_path / "base").mkdir()
     (tmp_path / "other").mkdir()
