@@ -412,3 +412,30 @@ def test_a_reward_is_a_function_of_text_and_example(tiny_world, tmp_path):
     s2.train_grpo(config, examples, s2.prompt_builder("plain"), longer)
     rows = metrics(tmp_path / "run")
     assert len(seen) == 2 * 2 * 2 and all(r["accuracy"] is not None for r in rows)
+
+
+def test_truncated_exclude_and_ppo_epochs(tiny_world, tmp_path, monkeypatch):
+    """--truncated exclude leaves cut completions out of the loss; --ppo-epochs 2 takes a second
+    optimiser step on the same rollouts, where the ratio to the sampling policy has moved from 1
+    and clipping starts (with one epoch the ratio is 1 up to float rounding: nothing clips)."""
+    cut = lambda name, *extra: metrics_of(s2.main(run_args(  # noqa: E731
+        tiny_world, tmp_path / name, "--max-steps", "1", "--max-new-tokens", "4", "--keep-zero-variance",
+        "--save-every", "0", *extra)), tmp_path / name)
+    kept, excluded = cut("keep"), cut("exclude", "--truncated", "exclude")
+    assert kept["truncated"] == excluded["truncated"] == 1.0     # 4 tokens never finish an answer
+    assert kept["trained_completions"] == 16 and excluded["trained_completions"] == 0
+    monkeypatch.setitem(s2.REWARDS, "chars", lambda text, example: float(len(text)))  # reward spread
+    one, two = (metrics_of(s2.main(run_args(
+        tiny_world, tmp_path / f"ppo{n}", "--max-steps", "1", "--max-new-tokens", "16", "--reward", "chars",
+        "--lr", "1e-2", "--save-every", "0", "--ppo-epochs", str(n))), tmp_path / f"ppo{n}") for n in (1, 2))
+    assert one["trained_completions"] == two["trained_completions"] > 0
+    assert one["clip_fraction"] == 0 and two["clip_fraction"] > 0.01
+    from model import Qwen2
+    weights = [Qwen2.from_pretrained(tmp_path / f"ppo{n}").state_dict() for n in (1, 2)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def metrics_of(summary, out):
+    rows = metrics(out)
+    assert len(rows) == 1
+    return rows[0]
