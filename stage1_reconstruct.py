@@ -363,7 +363,8 @@ def parse_args(argv=None):
     g.add_argument("--warmup-steps", type=nonnegative_int, default=80, help="linear warm-up, then linear decay")
     g.add_argument("--max-grad-norm", type=positive_float, default=1.0, help="gradient clipping")
     g.add_argument("--max-length", type=positive_int, default=2048, help="prompt + target tokens")
-    g.add_argument("--mask-prob", type=probability, default=0.7, help="probability that one step is masked")
+    g.add_argument("--mask-prob", type=probability, default=0.7,
+                   help="probability that one step is masked (the authors: 0.7; --masked-steps half or all ignore it)")
     g.add_argument("--seed", type=nonnegative_int, default=42, help="masks, shuffles, example order, LoRA init")
     g = p.add_argument_group("variants (defaults: the paper)")
     g.add_argument("--masked-steps", default="one", choices=["one", "half", "all"],
