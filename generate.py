@@ -228,6 +228,18 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
 # 2. Log-probabilities of given completions (for the GRPO loss)
 
 
+def right_pad(sequences: Sequence[Sequence[int]], pad_id: int, device):
+    """[B, C] ids and a [B, C] bool mask of real tokens, padding on the right (C >= 1)."""
+    width = max(1, max(len(s) for s in sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.bool)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, :len(s)] = True
+    return ids.to(device), mask.to(device)
+
+
 def pad_prompt_completion(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                           pad_token_id: int, device):
     """Rows laid out as [left padding][prompt][completion][right padding], so every completion
@@ -235,32 +247,64 @@ def pad_prompt_completion(prompts: Sequence[Sequence[int]], completions: Sequenc
     ids [B, C], their mask [B, C], and P."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    prompt_ids, prompt_mask = left_pad(prompts, pad_token_id, "cpu")
-    width = max(1, max(len(c) for c in completions))
-    comp_ids = torch.full((len(completions), width), pad_token_id, dtype=torch.long)
-    comp_mask = torch.zeros(len(completions), width, dtype=torch.bool)
-    for i, c in enumerate(completions):
-        if len(c):
-            comp_ids[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-            comp_mask[i, :len(c)] = True
-    ids = torch.cat([prompt_ids, comp_ids], 1).to(device)
-    mask = torch.cat([prompt_mask, comp_mask], 1).to(device)
-    return ids, mask, comp_ids.to(device), comp_mask.to(device), prompt_ids.shape[1]
+    prompt_ids, prompt_mask = left_pad(prompts, pad_token_id, device)
+    comp_ids, comp_mask = right_pad(completions, pad_token_id, device)
+    return (torch.cat([prompt_ids, comp_ids], 1), torch.cat([prompt_mask, comp_mask], 1),
+            comp_ids, comp_mask, prompt_ids.shape[1])
+
+
+def prompt_runs(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """Lengths of the runs of identical consecutive prompts: a GRPO group's G rows are one run."""
+    runs: list[int] = []
+    for i, prompt in enumerate(prompts):
+        if i and list(prompt) == list(prompts[i - 1]):
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs
 
 
 def token_logprobs(model: Qwen2, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                   temperature: float = 1.0, pad_token_id: int = 0):
+                   temperature: float = 1.0, pad_token_id: int = 0, share_prompts: bool = True):
     """log p(completion token t | prompt, tokens before t) under softmax(logits / temperature).
 
     Returns (logprobs [B, C] float32, mask [B, C] bool); padded positions hold 0. Gradients
     flow, so wrap the call in torch.no_grad() for the sampling-time or reference policy.
     Only the completion positions go through the LM head, which keeps the [B, C, vocab]
-    logits (the largest tensor here, vocab = 151,936) as small as it can be."""
-    ids, mask, comp_ids, comp_mask, P = pad_prompt_completion(prompts, completions, pad_token_id, model.device)
-    hidden = model.hidden_states(ids, attention_mask=mask)
-    C = comp_ids.shape[1]
-    logits = float32_logits(hidden[:, P - 1:P - 1 + C], model.head_weight)  # position j predicts token j+1
+    logits (the largest tensor here, vocab = 151,936) as small as it can be.
+
+    Consecutive rows with the same prompt (a GRPO group) run it once (share_prompts): the prompt
+    goes through the network for one row, its keys and values are repeated for the others (as
+    generate shares a group's prefill), and the completions attend to them. Gradients flow back
+    through the repeat into the one prompt pass, so a group of G costs one prompt forward and
+    backward instead of G; the numbers are the same up to float rounding. Under gradient
+    checkpointing (which the cached pass does not do) every row runs its whole sequence."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    runs = prompt_runs(prompts)
+    if share_prompts and len(runs) < len(prompts) and not (model.gradient_checkpointing and torch.is_grad_enabled()):
+        hidden, comp_ids, comp_mask = shared_prompt_hidden(model, prompts, completions, runs, pad_token_id)
+    else:
+        ids, mask, comp_ids, comp_mask, P = pad_prompt_completion(prompts, completions, pad_token_id, model.device)
+        hidden = model.hidden_states(ids, attention_mask=mask)[:, P - 1:P - 1 + comp_ids.shape[1]]
+    logits = float32_logits(hidden, model.head_weight)  # position j predicts token j+1
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logprobs = logits.gather(-1, comp_ids[..., None])[..., 0] - logits.logsumexp(-1)
     return logprobs.masked_fill(~comp_mask, 0.0), comp_mask
+
+
+def shared_prompt_hidden(model: Qwen2, prompts, completions, runs: list[int], pad_token_id: int):
+    """Hidden states [B, C, hidden] that predict each completion token, with each run's prompt
+    computed once: its last position predicts the first completion token, the completion's own
+    positions the rest. Returns them with the completion ids and mask."""
+    device = model.device
+    firsts = [sum(runs[:i]) for i in range(len(runs))]
+    prompt_ids, prompt_mask = left_pad([prompts[i] for i in firsts], pad_token_id, device)
+    comp_ids, comp_mask = right_pad(completions, pad_token_id, device)
+    cache = KVCache(model.config, len(runs), prompt_ids.shape[1] + comp_ids.shape[1], device, model.dtype)
+    prompt_last = model.hidden_states(prompt_ids, attention_mask=prompt_mask, cache=cache)[:, -1]
+    rows = torch.arange(len(runs), device=device).repeat_interleave(torch.tensor(runs, device=device))
+    cache.select_rows(rows)  # index_select: new tensors, differentiable, so the completions' writes are safe
+    comp_hidden = model.hidden_states(comp_ids, attention_mask=comp_mask, cache=cache)
+    return torch.cat([prompt_last[rows, None], comp_hidden[:, :-1]], 1), comp_ids, comp_mask

@@ -204,6 +204,35 @@ def test_token_logprobs_ignore_padding(pair):
             assert not mask[i, n:].any() and (both[i, n:] == 0).all()
 
 
+def test_a_shared_prompt_runs_once_with_the_same_logprobs_and_gradients(pair, monkeypatch):
+    """GRPO groups (runs of rows with one prompt) put each prompt through the network once; the
+    log-probs and the gradients are those of running every row whole."""
+    import generate as generate_module
+    _, ours, _ = pair
+    prompts = [[1, 2, 3, 4]] * 3 + [[5, 6]] + [[7, 8, 9, 10, 11, 12]] * 2
+    completions = [[20, 21, 22], [23], [24, 25, 26, 27, 28], [29, 30], [31, 32, 33], []]
+    assert generate_module.prompt_runs(prompts) == [3, 1, 2]
+    prompt_tokens = []
+    real_hidden_states = type(ours).hidden_states
+    def counting(self, input_ids, *args, **kwargs):
+        prompt_tokens.append(input_ids.shape[0])
+        return real_hidden_states(self, input_ids, *args, **kwargs)
+    monkeypatch.setattr(type(ours), "hidden_states", counting)
+    results = {}
+    for share in (False, True):
+        ours.zero_grad()
+        lp, mask = token_logprobs(ours, prompts, completions, temperature=0.7, share_prompts=share)
+        lp.sum().backward()
+        results[share] = lp.detach(), mask, [p.grad.clone() for p in ours.parameters()]
+    assert prompt_tokens == [6, 3, 6]  # whole rows; then the 3 distinct prompts, then the 6 completions
+    (whole, whole_mask, whole_grads), (shared, shared_mask, shared_grads) = results[False], results[True]
+    assert torch.equal(whole_mask, shared_mask)
+    assert torch.allclose(whole, shared, atol=1e-5)
+    for a, b in zip(whole_grads, shared_grads):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    ours.zero_grad()
+
+
 def test_loading_errors_name_file_and_tensor(pair, tmp_path):
     _, ours, _ = pair
     from safetensors.torch import load_file, save_file
