@@ -277,12 +277,14 @@ def token_logprobs(model: Qwen2, prompts: Sequence[Sequence[int]], completions: 
     goes through the network for one row, its keys and values are repeated for the others (as
     generate shares a group's prefill), and the completions attend to them. Gradients flow back
     through the repeat into the one prompt pass, so a group of G costs one prompt forward and
-    backward instead of G; the numbers are the same up to float rounding. Under gradient
+    backward instead of G; the numbers are the same up to float rounding (with dropout on, the
+    group's rows share the prompt's dropout mask; GRPO trains without dropout). Under gradient
     checkpointing (which the cached pass does not do) every row runs its whole sequence."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     runs = prompt_runs(prompts)
-    if share_prompts and len(runs) < len(prompts) and not (model.gradient_checkpointing and torch.is_grad_enabled()):
+    checkpointed = model.gradient_checkpointing and model.training and torch.is_grad_enabled()
+    if share_prompts and len(runs) < len(prompts) and not checkpointed:
         hidden, comp_ids, comp_mask = shared_prompt_hidden(model, prompts, completions, runs, pad_token_id)
     else:
         ids, mask, comp_ids, comp_mask, P = pad_prompt_completion(prompts, completions, pad_token_id, model.device)
@@ -304,7 +306,7 @@ def shared_prompt_hidden(model: Qwen2, prompts, completions, runs: list[int], pa
     comp_ids, comp_mask = right_pad(completions, pad_token_id, device)
     cache = KVCache(model.config, len(runs), prompt_ids.shape[1] + comp_ids.shape[1], device, model.dtype)
     prompt_last = model.hidden_states(prompt_ids, attention_mask=prompt_mask, cache=cache)[:, -1]
-    rows = torch.arange(len(runs), device=device).repeat_interleave(torch.tensor(runs, device=device))
+    rows = torch.tensor([run for run, n in enumerate(runs) for _ in range(n)], device=device)  # built on the host: no device read
     cache.select_rows(rows)  # index_select: new tensors, differentiable, so the completions' writes are safe
     comp_hidden = model.hidden_states(comp_ids, attention_mask=comp_mask, cache=cache)
     return torch.cat([prompt_last[rows, None], comp_hidden[:, :-1]], 1), comp_ids, comp_mask

@@ -227,7 +227,7 @@ def check_config(saved: dict, new: dict, may_differ: Iterable[str], where: Path,
     `added_later` names options newer than some checkpoints, each with the value that does what
     the code did before it existed: a checkpoint that lacks the option counts as having it."""
     new = json.loads(_json(new))  # as it reads back from the JSON: tuples as lists, a slice as text
-    saved = {**(added_later or {}), **saved}
+    saved = {**json.loads(_json(added_later or {})), **saved}
     skip = set(may_differ)
     changed = [k for k in new if k not in skip and not same_option(saved.get(k), new[k])]
     changed += [k for k in saved if k not in skip and k not in new]

@@ -97,14 +97,17 @@ def reconstruction_example(ex: teacher.TeacherExample, rng: random.Random, mask_
 
     Not the paper: "half" hides num_masked(n) steps (stage 2's count) and "all" every step, always.
     They measure how much of stage 1's target the student can copy from its prompt: with one
-    step masked, about 85% of the target's tokens stand in the prompt word for word (README)."""
+    step masked, about 85% of the target's tokens lie outside the masked step (README). The
+    instruction keeps its words ("one of them may be missing") in every mode, as measured."""
     n = len(ex.steps)
     if masked_steps == "one":
         masked = [rng.randrange(n)] if rng.random() < mask_prob else []
     elif masked_steps == "half":
         masked = sorted(rng.sample(range(n), num_masked(n)))
-    else:
+    elif masked_steps == "all":
         masked = list(range(n))
+    else:
+        raise ValueError(f"masked_steps {masked_steps!r}: expected one, half or all")
     order = list(range(n))
     rng.shuffle(order)
     shown = "\n".join(f"- {MASK if i in masked else ex.steps[i]}" for i in order)

@@ -574,8 +574,8 @@ def _autocast(device: torch.device):
 def train_without_dropout(model):
     """Training mode (gradient checkpointing needs it) with every dropout off: the ratio
     pi / pi_old compares the policy with the sampler, which ran without dropout, so a dropped-out
-    forward would make the ratio noisy before any update and clip for nothing (LoRA's dropout is
-    the only one in model.py)."""
+    forward would make the ratio noisy before any update and clip for nothing (LoRA's dropout,
+    lora.py, is the only one in the model)."""
     model.train()
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
