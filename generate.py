@@ -244,9 +244,7 @@ def pad_prompt_completion(prompts: Sequence[Sequence[int]], completions: Sequenc
                           pad_token_id: int, device):
     """Rows laid out as [left padding][prompt][completion][right padding], so every completion
     starts at the same column P. Returns ids [B, P+C], attention mask [B, P+C], the completion
-    ids [B, C], their mask [B, C], and P."""
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    ids [B, C], their mask [B, C], and P (token_logprobs, its caller, has checked B is one number)."""
     prompt_ids, prompt_mask = left_pad(prompts, pad_token_id, device)
     comp_ids, comp_mask = right_pad(completions, pad_token_id, device)
     return (torch.cat([prompt_ids, comp_ids], 1), torch.cat([prompt_mask, comp_mask], 1),
