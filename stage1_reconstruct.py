@@ -322,7 +322,8 @@ def save_checkpoint(out: Path, step: int, model: Qwen2, optimizer, args, tokeniz
         tensors.update({f"rng.{rank}.cuda.{i}": t for i, t in enumerate(rng["cuda"])})
     resume.save_checkpoint(model, out / f"checkpoint-{step}", tokenizer_dir, tensors,
                            {"step": step, "param_groups": param_groups, "ranks": len(rngs), "args": vars(args)})
-    resume.remove_old_checkpoints(out, max(keep, 1))
+    if keep > 0:
+        resume.remove_old_checkpoints(out, keep)
 
 
 def save_final(model: Qwen2, out: Path, tokenizer_dir: Path):
@@ -380,7 +381,7 @@ def parse_args(argv=None):
                         "standard distillation (SFT), the baseline the paper compares against")
     g = p.add_argument_group("checkpoints and progress")
     g.add_argument("--save-every", type=nonnegative_int, default=100, help="checkpoint every N optimizer steps (0 = never)")
-    g.add_argument("--keep-checkpoints", type=positive_int, default=2, help="the newest N checkpoints are kept")
+    g.add_argument("--keep-checkpoints", type=nonnegative_int, default=2, help="the newest N checkpoints are kept (0: all)")
     g.add_argument("--resume", action="store_true", help="continue from the latest OUT/checkpoint-STEP")
     g.add_argument("--stop-after", type=positive_int, default=None,
                    help="stop after this many steps without changing the schedule (a job in pieces: then --resume)")

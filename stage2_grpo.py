@@ -484,7 +484,7 @@ class GRPOConfig:
                        choices=["answer", "eos"], group=VARIANT)
     seed: int = option(42, "sampling, data order and LoRA init", type=nonnegative_int)
     save_every: int = option(50, "checkpoint every N steps (0: only at the end)", type=nonnegative_int, group=RUN)
-    save_total_limit: int = option(2, "intermediate checkpoints kept (0: all)", type=nonnegative_int, group=RUN)
+    keep_checkpoints: int = option(2, "the newest N checkpoints are kept (0: all)", type=nonnegative_int, group=RUN)
     resume: bool = option(False, "continue from the newest OUT/checkpoint-STEP", action="store_true", group=RUN)
     quiet: bool = option(False, "no progress bar", action="store_true", group=RUN)
 
@@ -496,9 +496,10 @@ class GRPOConfig:
 
 # Every other option (of GRPOConfig, and of the stage's own command line) changes what the run
 # computes, so --resume refuses a new value for it (resume.check_config); these only say where,
-# how often and how visibly, or how much memory.
-MAY_CHANGE_ON_RESUME = ("out", "resume", "quiet", "save_every", "save_total_limit", "device", "gradient_checkpointing",
-                        "compile")
+# how often and how visibly, or how much memory. (save_total_limit: --keep-checkpoints' name in
+# checkpoints written before 2026-11-29.)
+MAY_CHANGE_ON_RESUME = ("out", "resume", "quiet", "save_every", "keep_checkpoints", "save_total_limit", "device",
+                        "gradient_checkpointing", "compile")
 
 
 def add_grpo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -892,8 +893,8 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                             acc=f"{record['accuracy'] or 0:.2f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < max_steps and dist.is_main:
             save_checkpoint(model, optimizer, tokenizer, out / f"checkpoint-{step + 1}", step + 1, run_config)
-            if cfg.save_total_limit > 0:
-                resume.remove_old_checkpoints(out, cfg.save_total_limit)
+            if cfg.keep_checkpoints > 0:
+                resume.remove_old_checkpoints(out, cfg.keep_checkpoints)
         dist.barrier()
     bar.close()
 

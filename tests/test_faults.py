@@ -158,6 +158,16 @@ def test_an_option_added_later_resumes_older_checkpoints_at_its_old_behaviour():
         resume.check_config(saved, {**saved, "masked_steps": "one"}, [], "ckpt")
 
 
+def test_a_stage2_checkpoint_from_before_the_keep_checkpoints_rename_resumes():
+    """Stages 2-3 called --keep-checkpoints --save-total-limit before 2026-11-29: a checkpoint
+    that saved the old name resumes with any --keep-checkpoints, and a real change still stops it."""
+    new = {"model": "a", "lr": 1e-4, "keep_checkpoints": 3}
+    old = {"model": "a", "lr": 1e-4, "save_total_limit": 2}
+    resume.check_config(old, new, s2.MAY_CHANGE_ON_RESUME, "ckpt")
+    with pytest.raises(SystemExit, match="--lr"):
+        resume.check_config(old, {**new, "lr": 2e-4}, s2.MAY_CHANGE_ON_RESUME, "ckpt")
+
+
 def test_a_path_option_may_be_spelled_another_way_on_resume(tmp_path, monkeypatch):
     (tmp_path / "base").mkdir()
     (tmp_path / "other").mkdir()
@@ -216,7 +226,7 @@ class Killed(Exception):
 def stage2_args(world, out, *extra):
     return ["--model", str(world.base_model), "--teacher-data", str(world.teacher), "--rows", "0:16",
             "--out", str(out), "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "16",
-            "--lr", "1e-3", "--seed", "0", "--max-steps", "5", "--save-every", "1", "--save-total-limit", "1",
+            "--lr", "1e-3", "--seed", "0", "--max-steps", "5", "--save-every", "1", "--keep-checkpoints", "1",
             "--keep-zero-variance", "--device", "cpu", "--quiet", *extra]
 
 
@@ -327,7 +337,7 @@ def stage_command(stage, world, out):
         return ["stage2_grpo.py", *stage2_args(world, out, "--reward", "cosine")]
     return ["stage3_rewrite.py", "--model", str(world.base_model), "--failures", str(world.teacher),
             "--out", str(out), "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "16",
-            "--lr", "1e-3", "--max-steps", "5", "--save-every", "1", "--save-total-limit", "1",
+            "--lr", "1e-3", "--max-steps", "5", "--save-every", "1", "--keep-checkpoints", "1",
             "--reward", "correct", "--keep-zero-variance", "--device", "cpu", "--quiet"]
 
 
