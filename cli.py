@@ -17,11 +17,13 @@ scripts' main() directly and see the exceptions themselves.
 
 Also here, because every script needs them: the argparse parser whose errors take one line, the
 checked `type=` of every numeric and row-range option, the test of whether a name means a local
-path or a hub id, and how files are written (whole or not at all, with ordinary permissions).
+path or a hub id, how files are written (whole or not at all, with ordinary permissions), and
+how JSONL files are read (a bad line named by file and line).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -138,6 +140,24 @@ def make_readable(path: str | os.PathLike, folder: bool = False):
     """Give a file made by tempfile (always 0600, or 0700 for a folder) the permissions an ordinary
     open() would have given it, 0666 (0777) less the umask, before it is renamed into place."""
     os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
+def jsonl_records(path: Path, last_may_be_torn: bool = False):
+    """(line number, line, record) for each non-blank line of a JSONL file. A line that is not
+    valid JSON is a ValueError naming the file and line, except the last one when
+    `last_may_be_torn`: a run killed while appending a record leaves that line cut short, and
+    it is skipped. (Data files get no such leniency: a bad line there is the user's to fix.)"""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if last_may_be_torn and number == len(lines):
+                return
+            raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        yield number, line, record
 
 
 def write_atomic(path: Path, text: str):

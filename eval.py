@@ -152,17 +152,10 @@ def load_gsm8k(source: str = "openai/gsm8k", split: str = "test", limit: int | N
     path = Path(source)
     rows: list[tuple[str, dict]] = []
     if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-                rows.append((f"{path}:{line_no}", record))
-                if limit is not None and len(rows) >= limit:
-                    break
+        for line_no, _, record in cli.jsonl_records(path):
+            rows.append((f"{path}:{line_no}", record))
+            if limit is not None and len(rows) >= limit:
+                break
     elif path.exists():
         raise ValueError(f"{path}: expected a JSONL file")
     elif cli.looks_like_path(source) or path.suffix in (".jsonl", ".json"):

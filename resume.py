@@ -27,7 +27,7 @@ from typing import Iterable
 import torch
 
 from cli import make_readable
-from cli import write_atomic
+from cli import jsonl_records, write_atomic
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"   # written last: its presence marks a complete checkpoint
@@ -199,20 +199,13 @@ def truncate_metrics(path: Path, step: int):
     run. An invalid last line was being written when the run was killed (each line is one
     write of a whole record), so it is dropped; an invalid line before it is not explained by a
     kill, and stops the resume rather than being guessed around."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     kept = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):
-                break
-            raise SystemExit(f"{path}:{number}: not valid JSON ({e.msg}); "
-                             f"repair or delete that line to resume") from None
-        if record["step"] <= step:
-            kept.append(line)
+    try:
+        for _, line, record in (jsonl_records(path, last_may_be_torn=True) if path.is_file() else []):
+            if record["step"] <= step:
+                kept.append(line)
+    except ValueError as e:
+        raise SystemExit(f"{e}; repair or delete that line to resume") from None
     write_atomic(path, "".join(line + "\n" for line in kept))
 
 
