@@ -147,14 +147,16 @@ def jsonl_records(path: Path, last_may_be_torn: bool = False):
     valid JSON is a ValueError naming the file and line, except the last one when
     `last_may_be_torn`: a run killed while appending a record leaves that line cut short, and
     it is skipped. (Data files get no such leniency: a bad line there is the user's to fix.)"""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    # "\n" only: a JSON string may hold U+2028 or U+0085 unescaped, where splitlines() would cut
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    last = max((number for number, line in enumerate(lines, 1) if line.strip()), default=0)
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            if last_may_be_torn and number == len(lines):
+            if last_may_be_torn and number == last:
                 return
             raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
         yield number, line, record

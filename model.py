@@ -195,8 +195,9 @@ def causal_attention(q, k, v, group: int):
     KV head is repeated for the `group` query heads it serves (the stacking trick above would
     break the causal diagonal). Under bf16 autocast on a CPU the attention itself runs in
     float32: PyTorch's CPU attention kernel is several times slower in bf16 than in float32,
-    and the tiny world's pre-training step, which comes here, took 0.67 s with a mask and bf16
-    attention against 0.38 s (benchmarks/pretrain_step.py)."""
+    and the tiny world's pre-training step, the one caller under CPU autocast, took 0.67 s with
+    a mask and bf16 attention against 0.38 s here (benchmarks/pretrain_step.py; in fp32 the two
+    paths are level, so the gain is the float32 attention, not the missing mask)."""
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):

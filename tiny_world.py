@@ -83,16 +83,17 @@ class Preset:
 
 PRESETS = {
     # for the test suite: about a minute on 2 cores, a base that is right some of the time (2
-    # operations on numbers up to 20, misread half the time, so a model this small gets ~10%).
+    # operations on numbers up to 20, misread half the time, so a model this small gets 10-15%).
     # 400 steps, so that it has learned to copy from a prompt: after 320, seed 0's base was right
     # 34% or 18% of the time under the reconstruction prompt, with the attention kernel the only
     # difference between the two builds (53% after 400).
     "test": Preset(n_train=400, n_test=200, min_ops=2, max_ops=2, vocab_size=768, hidden=128,
                    layers=2, heads=4, kv_heads=2, base_steps=400, batch_size=16, lr=3e-3, max_value=20,
                    misread_rate=0.5, n_form_probe=100),
-    # for `bash curriculum.sh tiny`: the base takes about 7 of the run's 15 minutes. It needs the
-    # 700 steps: after 560 it had not learned to copy from a prompt (right 22-24% under the
-    # reconstruction and hinted prompts, against 72% and 62% after 700), and stage 1 gave +1 point.
+    # for `bash curriculum.sh tiny`: the base takes about 5.5 of the run's 12-15 minutes. It needs
+    # the 700 steps: after 560 it had not learned to copy from a prompt (right 22-24% under the
+    # reconstruction and hinted prompts, against 72% and 62% after 700, in builds before fd66954),
+    # and stage 1 gave +1 point.
     "tiny": Preset(n_train=4000, n_test=500, min_ops=2, max_ops=3, vocab_size=1024, hidden=192,
                    layers=4, heads=6, kv_heads=2, base_steps=700, batch_size=32, lr=3e-3, max_value=20),
 }
@@ -433,7 +434,9 @@ def pretrain_base(preset: Preset, documents: list[tuple[str, str]], tokenizer_di
         # 2. next-token cross-entropy (matmuls in bf16 where the CPU has them, the weights, the
         # optimizer and the loss in fp32). No attention mask: the padding is on the right, so
         # causal attention alone keeps every real token from seeing it, and the padding's own
-        # outputs have no target; without a mask the attention is SDPA's fused causal kernel.
+        # outputs have no target. The model's no-mask path (causal_attention) runs the attention
+        # itself in float32 under CPU autocast, which is what makes the step 1.3-1.8x faster here
+        # (the mask itself costs nothing measurable: benchmarks/pretrain_step.py's fp32 rows).
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(ids)
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)

@@ -182,6 +182,19 @@ def test_run_leaves_bugs_their_traceback(monkeypatch):
         cli.run(lambda: None + 1)
 
 
+def test_jsonl_records_names_a_bad_line_and_skips_only_a_torn_last_one(tmp_path):
+    import cli
+    path = tmp_path / "m.jsonl"
+    # U+2028 inside a JSON string is valid JSON and not a line break of the file
+    path.write_text('{"a": "x\u2028y"}\n\n{"a": 2}\n{"a": 3, "b\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"m.jsonl:4: not valid JSON"):
+        list(cli.jsonl_records(path))
+    assert [(n, r["a"]) for n, _, r in cli.jsonl_records(path, last_may_be_torn=True)] == [(1, "x\u2028y"), (3, 2)]
+    path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')  # a bad line before the last is never a torn one
+    with pytest.raises(ValueError, match=r"m.jsonl:2: not valid JSON"):
+        list(cli.jsonl_records(path, last_may_be_torn=True))
+
+
 @pytest.mark.parametrize("name, is_path", [
     ("Qwen/Qwen2.5-3B", False), ("openai/gsm8k", False), ("./stage1", True), ("../runs/stage1", True),
     ("runs/tiny/stage1", True), ("/abs/folder", True), ("~/models/x", True), ("noslash", True),

@@ -159,7 +159,7 @@ def test_an_option_added_later_resumes_older_checkpoints_at_its_old_behaviour():
 
 
 def test_a_stage2_checkpoint_from_before_the_keep_checkpoints_rename_resumes():
-    """Stages 2-3 called --keep-checkpoints --save-total-limit before 2026-11-29: a checkpoint
+    """Before 2026-11-29 stages 2-3 spelled --keep-checkpoints `--save-total-limit`: a checkpoint
     that saved the old name resumes with any --keep-checkpoints, and a real change still stops it."""
     new = {"model": "a", "lr": 1e-4, "keep_checkpoints": 3}
     old = {"model": "a", "lr": 1e-4, "save_total_limit": 2}

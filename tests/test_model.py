@@ -72,7 +72,7 @@ def test_padded_batch_matches_transformers(pair):
     assert (got - expected)[real].abs().max().item() < 1e-4
 
 
-def test_right_padded_rows_need_no_mask(pair):
+def test_right_padded_rows_need_no_mask(pair, monkeypatch):
     """The tiny world pre-trains without a mask (causal_attention): with the padding on the
     right, every real token's logits are those of the masked forward, also under bf16 autocast
     (where the no-mask path runs its attention in float32), and gradients flow through it."""
@@ -89,6 +89,20 @@ def test_right_padded_rows_need_no_mask(pair):
         masked16, unmasked16 = ours(ids, attention_mask=mask), ours(ids)
     assert (masked16.float() - masked)[mask].abs().max().item() < 0.1
     assert (unmasked16.float() - masked)[mask].abs().max().item() < 0.1
+    # the no-mask path's attention itself runs in float32 under CPU autocast (the masked one in bf16)
+    seen = []
+
+    def recording_sdpa(*args, **kwargs):
+        out = sdpa(*args, **kwargs)
+        seen.append(out.dtype)
+        return out
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours(ids), ours(ids, attention_mask=mask)
+    layers = ours.config.num_hidden_layers
+    assert seen == [torch.float32] * layers + [torch.bfloat16] * layers
+    monkeypatch.undo()
     ours.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours(ids).float()[mask].logsumexp(-1).sum().backward()

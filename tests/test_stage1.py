@@ -147,9 +147,9 @@ def run(world, out, *extra):
 
 def test_training_lowers_reconstruction_loss_and_output_loads(tiny_world, tmp_path):
     """Full fine-tuning for 8 steps, run as 5 steps and then --resume for the rest. The loss is
-    measured on 16 of the rows it trains on, under other shuffles and masks than training draws:
-    8 steps on 48 rows lower it by a third, but move a held-out row's loss by 2-16% depending on
-    how well the base already copies."""
+    measured on 16 of the rows it trains on, under shuffles and masks of their own (seeded per
+    row here, not training's stream): 8 steps on 48 rows lower it by a third, but move a held-out
+    row's loss by 2-16% depending on how well the base already copies."""
     trained_rows = load_teacher_data(str(tiny_world.teacher), rows=slice(0, 16))
     tok = load_tokenizer(tiny_world.base_model)
     items = [s1.encode(s1.reconstruction_example(e, random.Random(i), 0.7), tok, 2048) for i, e in enumerate(trained_rows)]
@@ -177,6 +177,9 @@ def test_resume_continues_at_the_same_step(tiny_world, tmp_path):
     part = run(tiny_world, tmp_path / "parts", *extra, "--stop-after", "3")
     assert part["steps"] == 3 and not (tmp_path / "parts" / "model.safetensors").exists()
     assert sorted(p.name for p in (tmp_path / "parts").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    run(tiny_world, tmp_path / "every", "--max-steps", "4", "--save-every", "1", "--keep-checkpoints", "0",
+        "--stop-after", "3")  # 0: keep them all
+    assert sorted(p.name for p in (tmp_path / "every").glob("checkpoint-*")) == [f"checkpoint-{i}" for i in (1, 2, 3)]
     with pytest.raises(SystemExit, match="--mask-prob"):
         run(tiny_world, tmp_path / "parts", *extra, "--resume", "--mask-prob", "0.5")
     run(tiny_world, tmp_path / "parts", *extra, "--resume")
