@@ -177,32 +177,32 @@ class Attention(nn.Module):
             k, v = cache.write(self.layer_index, k, v)  # all keys so far: [B, KV, S, d]
         group = self.n_heads // self.n_kv_heads
         if mask is None:
-            out = causal_attention(q, k, v, group)
+            # No padding: causal attention from SDPA's `is_causal` alone, no [T, T] mask to build
+            # or read. Each KV head is repeated for the `group` query heads it serves (the
+            # stacking below would break the causal diagonal).
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         else:
             # Grouped-query attention without copying K/V: query heads that share a KV head are
             # stacked along the time axis, [B, KV, group*T, d], and the mask is stacked to match.
             q = q.reshape(B, self.n_kv_heads, group * T, self.head_dim)
             if group > 1:
                 mask = mask.unsqueeze(2).expand(B, 1, group, T, mask.shape[-1]).reshape(B, 1, group * T, -1)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attention(q, k, v, mask)
         out = out.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
         return self.o_proj(out)
 
 
-def causal_attention(q, k, v, group: int):
-    """Attention without padding: every token sees itself and the tokens before it, which
-    SDPA's fused kernel does from `is_causal` alone, with no [T, T] mask to build or read. Each
-    KV head is repeated for the `group` query heads it serves (the stacking trick above would
-    break the causal diagonal). Under bf16 autocast on a CPU the attention itself runs in
-    float32: PyTorch's CPU attention kernel is several times slower in bf16 than in float32,
-    and the tiny world's pre-training step, the one caller under CPU autocast, took 0.67 s with
-    a mask and bf16 attention against 0.38 s here (benchmarks/pretrain_step.py; in fp32 the two
-    paths are level, so the gain is the float32 attention, not the missing mask)."""
-    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+def attention(q, k, v, mask):
+    """softmax(q k^T / sqrt(d) + mask) v by SDPA; causal when there is no mask. Under bf16
+    autocast on a CPU it runs in float32: PyTorch's CPU attention kernel is several times slower
+    in bf16 than in float32, and the tiny world's pre-training step (the one caller under CPU
+    autocast) took 0.43-0.67 s with bf16 attention against 0.33-0.38 s (benchmarks/pretrain_step.py;
+    its fp32 rows show that the mask itself costs little)."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                  is_causal=mask is None)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
 
 
 class MLP(nn.Module):
@@ -282,15 +282,15 @@ class Qwen2(nn.Module):
         """The final normed hidden states [B, T, hidden].
 
         attention_mask: [B, T], 1 for real tokens and 0 for padding (left or right); None: no
-            padding (with no cache: causal attention alone, see causal_attention).
+            padding (with no cache: causal attention alone, no mask tensor).
         position_ids: [B, T]; by default counted over the real tokens of each row.
         cache: keys/values of earlier tokens; this call appends to it.
         """
         B, T = input_ids.shape
         if attention_mask is None and cache is None:
-            # no padding, nothing cached: plain causal attention (causal_attention), no mask
-            # tensor. Right-padded rows may come here too, when nothing reads the padding's
-            # outputs: a real token never looks at the padding after it.
+            # no padding, nothing cached: plain causal attention, no mask tensor. Right-padded
+            # rows may come here too, when nothing reads the padding's outputs: a real token
+            # never looks at the padding after it.
             mask = None
             if position_ids is None:
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)

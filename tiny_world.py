@@ -434,9 +434,8 @@ def pretrain_base(preset: Preset, documents: list[tuple[str, str]], tokenizer_di
         # 2. next-token cross-entropy (matmuls in bf16 where the CPU has them, the weights, the
         # optimizer and the loss in fp32). No attention mask: the padding is on the right, so
         # causal attention alone keeps every real token from seeing it, and the padding's own
-        # outputs have no target. The model's no-mask path (causal_attention) runs the attention
-        # itself in float32 under CPU autocast, which is what makes the step 1.3-1.8x faster here
-        # (the mask itself costs nothing measurable: benchmarks/pretrain_step.py's fp32 rows).
+        # outputs have no target. (model.attention runs the attention itself in float32 under CPU
+        # autocast, which makes the step 1.3-1.8x faster here than bf16 attention did.)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(ids)
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)

@@ -160,8 +160,8 @@ def parity(ours, ref, prompts: list[list[int]], new_tokens: int) -> dict:
     for prompt in prompts:
         ids = torch.tensor([prompt], device=ours.device)
         with torch.inference_mode():
-            # with a mask: the attention path the stages and eval run (no mask would take
-            # model.causal_attention, which only the tiny world's pre-training uses)
+            # with a mask: the attention path the stages and eval run (without one, the model
+            # takes the causal-only path that only the tiny world's pre-training uses)
             a, b = ours(ids, attention_mask=torch.ones_like(ids)).float(), ref(ids).logits.float()
             theirs = ref.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens,

@@ -1,14 +1,15 @@
 """
-The tiny world's pre-training step (tiny_world.pretrain_base), with and without an attention
-mask, in one run: the step as the world builds its base now (right-padded rows, no mask, so the
-attention is model.causal_attention: SDPA's fused causal kernel, in float32 under bf16 autocast)
-beside the same step with the padding mask every other caller passes (SDPA with a [B, 1, T, T]
-mask, in bf16 under autocast).
+The tiny world's pre-training step (tiny_world.pretrain_base) as it runs now, beside the step as
+it ran before fd66954, in one run. Now: right-padded rows and no mask, so causal attention alone,
+and `model.attention` runs SDPA in float32 under bf16 autocast. Before: the padding mask every
+other caller passes, and SDPA left to autocast, which runs it in bf16 (the reference swaps in that
+plain SDPA call for `model.attention`). The fp32 rows (no autocast) compare only the mask: there
+the two steps differ by it alone.
 
-Why: with the mask, bf16 autocast hands PyTorch's CPU attention kernel bf16 inputs, and there
-its backward is several times slower than in float32; attention was about 40% of the step. The
-base's pre-training is most of the tiny world's build, and the build most of `bash curriculum.sh
-tiny`'s 15 minutes.
+Why: under bf16 autocast, PyTorch's CPU attention kernel gets bf16 inputs, and there its backward
+is several times slower than in float32; attention was about 40% of the step. The base's
+pre-training is most of the tiny world's build, and the build most of `bash curriculum.sh tiny`'s
+15 minutes.
 
 Random weights and tokens at the `tiny` preset's shape, rows of --length tokens with the
 padding of a length-bucketed batch (each row 0-31 tokens shorter), loss on every real token,
@@ -28,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
+import model as model_module  # noqa: E402
 import tiny_world  # noqa: E402
 from model import Qwen2, Qwen2Config  # noqa: E402
 
@@ -56,7 +58,12 @@ def main():
     mask = torch.arange(T)[None, :] < lengths[:, None]
     targets = ids.roll(-1, dims=1).masked_fill(~mask, -100)
 
-    def seconds_per_step(with_mask: bool, bf16: bool) -> float:
+    def plain_sdpa(q, k, v, mask):
+        """model.attention before fd66954: SDPA as autocast runs it (bf16 under bf16 autocast)."""
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+
+    def seconds_per_step(with_mask: bool, bf16: bool, before: bool = False) -> float:
+        model_module.attention = plain_sdpa if before else float32_attention
         model = Qwen2(config).init_weights(0).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
 
@@ -78,11 +85,14 @@ def main():
             best = min(best, (time.perf_counter() - start) / args.steps)
         return best
 
+    float32_attention = model_module.attention  # Attention.forward looks the name up at call time
     for bf16 in ([True, False] if has_bf16 else [False]):
         ours = seconds_per_step(with_mask=False, bf16=bf16)
-        reference = seconds_per_step(with_mask=True, bf16=bf16)
+        reference = seconds_per_step(with_mask=True, bf16=bf16, before=True)
+        model_module.attention = float32_attention
         dtype = "bf16 autocast" if bf16 else "fp32"
-        print(f"{dtype}: no mask (pretrain_base) {ours:.3f} s/step, with the padding mask {reference:.3f} s/step "
+        print(f"{dtype}: now (no mask, model.attention) {ours:.3f} s/step, before fd66954 (the padding mask, "
+              f"SDPA as autocast runs it) {reference:.3f} s/step "
               f"({reference / ours:.2f}x); {preset.base_steps} steps: {ours * preset.base_steps:.0f} s "
               f"against {reference * preset.base_steps:.0f} s", flush=True)
 
