@@ -60,15 +60,18 @@ class TextSoFar:
         return text
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device):
-    """[B, T] ids and a [B, T] bool mask of real tokens, padding on the left."""
-    width = max(len(s) for s in sequences)
+def pad_rows(sequences: Sequence[Sequence[int]], pad_id: int, device, side: str = "left"):
+    """[B, T] ids and a [B, T] bool mask of real tokens (T >= 1), padded on the left (prompts, so
+    every row's next token comes after the last column) or on the right (completions, so every
+    one starts in the first column)."""
+    width = max(1, max(len(s) for s in sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(sequences), width, dtype=torch.bool)
     for i, s in enumerate(sequences):
         if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = True
+            columns = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+            ids[i, columns] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, columns] = True
     return ids.to(device), mask.to(device)
 
 
@@ -170,7 +173,7 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
         generator = torch.Generator(device=device).manual_seed(seed)
 
     # 1. prefill every distinct prompt once
-    ids, mask = left_pad(prompts, pad_token_id, device)
+    ids, mask = pad_rows(prompts, pad_token_id, device)
     cache = KVCache(model.config, len(prompts), ids.shape[1] + max_new_tokens, device, model.dtype)
     # the head in float32 (as token_logprobs), upcast once per call rather than once per step;
     # only the last position goes through it
@@ -228,25 +231,13 @@ def generate(model: Qwen2, prompts: Sequence[Sequence[int]], max_new_tokens: int
 # 2. Log-probabilities of given completions (for the GRPO loss)
 
 
-def right_pad(sequences: Sequence[Sequence[int]], pad_id: int, device):
-    """[B, C] ids and a [B, C] bool mask of real tokens, padding on the right (C >= 1)."""
-    width = max(1, max(len(s) for s in sequences))
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(sequences), width, dtype=torch.bool)
-    for i, s in enumerate(sequences):
-        if len(s):
-            ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, :len(s)] = True
-    return ids.to(device), mask.to(device)
-
-
 def pad_prompt_completion(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                           pad_token_id: int, device):
     """Rows laid out as [left padding][prompt][completion][right padding], so every completion
     starts at the same column P. Returns ids [B, P+C], attention mask [B, P+C], the completion
     ids [B, C], their mask [B, C], and P (token_logprobs, its caller, has checked B is one number)."""
-    prompt_ids, prompt_mask = left_pad(prompts, pad_token_id, device)
-    comp_ids, comp_mask = right_pad(completions, pad_token_id, device)
+    prompt_ids, prompt_mask = pad_rows(prompts, pad_token_id, device)
+    comp_ids, comp_mask = pad_rows(completions, pad_token_id, device, side="right")
     return (torch.cat([prompt_ids, comp_ids], 1), torch.cat([prompt_mask, comp_mask], 1),
             comp_ids, comp_mask, prompt_ids.shape[1])
 
@@ -300,8 +291,8 @@ def shared_prompt_hidden(model: Qwen2, prompts, completions, runs: list[int], pa
     positions the rest. Returns them with the completion ids and mask."""
     device = model.device
     firsts = [sum(runs[:i]) for i in range(len(runs))]
-    prompt_ids, prompt_mask = left_pad([prompts[i] for i in firsts], pad_token_id, device)
-    comp_ids, comp_mask = right_pad(completions, pad_token_id, device)
+    prompt_ids, prompt_mask = pad_rows([prompts[i] for i in firsts], pad_token_id, device)
+    comp_ids, comp_mask = pad_rows(completions, pad_token_id, device, side="right")
     cache = KVCache(model.config, len(runs), prompt_ids.shape[1] + comp_ids.shape[1], device, model.dtype)
     prompt_last = model.hidden_states(prompt_ids, attention_mask=prompt_mask, cache=cache)[:, -1]
     rows = torch.tensor([run for run, n in enumerate(runs) for _ in range(n)], device=device)  # built on the host: no device read
