@@ -87,19 +87,31 @@ def sample_next(logits, temperature: float, top_p: float, generator=None):
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
     probs = logprobs.exp()
     if top_p < 1.0:
-        # Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p. Most
-        # rows need only a few hundred candidates, so look at the top k first and fall back to a
-        # full sort only when those do not reach top_p (the result is exact either way).
-        k = min(1024, probs.shape[-1])
-        top_probs, top_ids = probs.topk(k, dim=-1)
-        if (top_probs.sum(-1) < top_p).any():
-            top_probs, top_ids = probs.sort(dim=-1, descending=True)
-        before = top_probs.cumsum(-1) - top_probs  # mass of the tokens ranked above each token
-        top_probs = top_probs.masked_fill(before >= top_p, 0.0)
+        top_probs, top_ids = nucleus(probs, top_p)
         tokens = top_ids.gather(-1, draw(top_probs, generator)[:, None])[:, 0]
     else:
         tokens = draw(probs, generator)
     return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+
+
+def nucleus(probs, top_p: float, full_sort: bool | None = None):
+    """Top-p truncation: (probabilities [B, K] in descending order, zero past the smallest set
+    of most likely tokens whose mass reaches top_p, and their token ids [B, K]).
+
+    On a CPU most rows need only a few hundred candidates, so look at the top 1024 first and
+    sort in full only when those do not reach top_p. That check reads a value back from the
+    device, a second wait per generated token on a GPU, where a full sort is cheap: there
+    (full_sort=None picks by device) every row is sorted. The result is the same either way."""
+    if full_sort is None:
+        full_sort = probs.device.type != "cpu"
+    if full_sort:
+        top_probs, top_ids = probs.sort(dim=-1, descending=True)
+    else:
+        top_probs, top_ids = probs.topk(min(1024, probs.shape[-1]), dim=-1)
+        if (top_probs.sum(-1) < top_p).any():
+            top_probs, top_ids = probs.sort(dim=-1, descending=True)
+    before = top_probs.cumsum(-1) - top_probs  # mass of the tokens ranked above each token
+    return top_probs.masked_fill(before >= top_p, 0.0), top_ids
 
 
 def draw(weights, generator=None):

@@ -185,6 +185,26 @@ def test_top_p_keeps_only_the_nucleus():
     assert seen == {0, 1, 2, 3}
 
 
+def test_nucleus_is_the_same_with_or_without_the_full_sort():
+    # the GPU sorts every row in full (no read-back); the CPU looks at the top 1024 first and sorts
+    # only rows they do not cover: a peaked row (top 1024 enough) and a flat one (they are not)
+    from generate import nucleus
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5000, generator=g)
+    logits[0] *= 8    # peaked
+    logits[1] *= 0.3  # nearly flat: the top 1024 of 5000 hold about a quarter of the mass
+    probs = torch.softmax(logits, -1)
+    for top_p in (0.5, 0.9):
+        kept = []
+        for full_sort in (True, False):
+            top_probs, top_ids = nucleus(probs, top_p, full_sort=full_sort)
+            kept.append(torch.zeros_like(probs).scatter(-1, top_ids, top_probs))
+        assert torch.equal(kept[0], kept[1])
+        assert 0 < (kept[0][0] > 0).sum() < 1024 < (kept[0][1] > 0).sum()  # both paths were taken
+        smallest_kept = kept[0].masked_fill(kept[0] == 0, 1.0).min(-1).values
+        assert torch.all(kept[0].sum(-1) >= top_p) and torch.all(kept[0].sum(-1) - smallest_kept < top_p)
+
+
 def test_draw_follows_the_weights_and_never_picks_a_zero(monkeypatch):
     from generate import draw
     g = torch.Generator().manual_seed(0)
