@@ -93,8 +93,8 @@ PRESETS = {
     # for `bash curriculum.sh tiny`: the base takes about 4 of the run's 10 minutes. It needs the
     # 700 steps: after 560 it had not learned to copy from a prompt (right 22-24% under the
     # reconstruction and hinted prompts, against 72% and 62% after 700, in builds before fd66954),
-    # and stage 1 gave +1 point. lr 2e-3: at 3e-3 the loss of every world jumped 1.7-2.5x late in
-    # the warm-up, and world 1's base then never learned to use the prompt (25.5% under the
+    # and stage 1 gave +1 point. lr 2e-3: at 3e-3 the loss of every world jumped 1.25-2.5x late in
+    # the warm-up, and in one build world 1's base then never learned to use the prompt (25.5% under the
     # reconstruction prompt; 87% at 2e-3, docs/tiny_world_log.md).
     "tiny": Preset(n_train=4000, n_test=500, min_ops=2, max_ops=3, vocab_size=1024, hidden=192,
                    layers=4, heads=6, kv_heads=2, base_steps=700, batch_size=32, lr=2e-3, max_value=20),
