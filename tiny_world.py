@@ -392,6 +392,10 @@ def model_config(preset: Preset, vocab_size: int, eos_id: int) -> dict:
 PAD_WIDTH_TO = 16  # pre-training batches are this many tokens wide, times some count (see pretrain_base)
 
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def pretrain_base(preset: Preset, documents: list[tuple[str, str]], tokenizer_dir: Path, out_dir: Path,
                   seed: int, device: str = "cpu", progress: bool = True) -> dict:
     """One pass over the (prompt, completion) documents (batch_size per step), loss on the
@@ -434,7 +438,7 @@ def pretrain_base(preset: Preset, documents: list[tuple[str, str]], tokenizer_di
         # went (0.34 -> 0.44 s); with 14 widths it stays at 1.9 GB and ~0.30 s a step, 1.25x
         # faster for 5% more (padding) tokens computed (docs/performance.md). We take the cause
         # to be the state oneDNN, which runs the bf16 matrix products, keeps per shape.
-        width = -(-max(len(s) for s in seqs) // PAD_WIDTH_TO) * PAD_WIDTH_TO
+        width = round_up(max(len(s) for s in seqs), PAD_WIDTH_TO)
         ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
         targets = torch.full((len(seqs), width), -100, dtype=torch.long)
         for b, (i, s) in enumerate(zip(rows, seqs)):

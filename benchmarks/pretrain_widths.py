@@ -52,7 +52,7 @@ def run_side(preset_name: str, steps: int, round_to: int, threads: int) -> dict:
     shorter_by = torch.randint(0, 32, (steps, preset.batch_size), generator=shapes)
     seconds = []
     for step, longest in enumerate(longest_of_step):
-        width = -(-longest // round_to) * round_to
+        width = tiny_world.round_up(longest, round_to)  # as pretrain_base rounds
         ids = torch.randint(1, preset.vocab_size, (preset.batch_size, width), generator=tokens)
         lengths = longest - shorter_by[step]
         real = torch.arange(width)[None, :] < lengths[:, None]
