@@ -176,7 +176,10 @@ def clean_checkpoints(out: Path):
 
 
 def remove_old_checkpoints(out: Path, keep: int):
-    """Keep the newest `keep` checkpoint folders (the one just written among them)."""
+    """Keep the newest `keep` checkpoint folders (the one just written among them); keep 0
+    keeps them all (--keep-checkpoints 0, in every stage)."""
+    if keep <= 0:
+        return
     folders = _folders(out)
     for folder in folders[:max(0, len(folders) - keep)]:
         shutil.rmtree(folder, ignore_errors=True)

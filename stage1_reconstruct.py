@@ -322,8 +322,7 @@ def save_checkpoint(out: Path, step: int, model: Qwen2, optimizer, args, tokeniz
         tensors.update({f"rng.{rank}.cuda.{i}": t for i, t in enumerate(rng["cuda"])})
     resume.save_checkpoint(model, out / f"checkpoint-{step}", tokenizer_dir, tensors,
                            {"step": step, "param_groups": param_groups, "ranks": len(rngs), "args": vars(args)})
-    if keep > 0:
-        resume.remove_old_checkpoints(out, keep)
+    resume.remove_old_checkpoints(out, keep)
 
 
 def save_final(model: Qwen2, out: Path, tokenizer_dir: Path):

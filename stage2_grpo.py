@@ -893,8 +893,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                             acc=f"{record['accuracy'] or 0:.2f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < max_steps and dist.is_main:
             save_checkpoint(model, optimizer, tokenizer, out / f"checkpoint-{step + 1}", step + 1, run_config)
-            if cfg.keep_checkpoints > 0:
-                resume.remove_old_checkpoints(out, cfg.keep_checkpoints)
+            resume.remove_old_checkpoints(out, cfg.keep_checkpoints)
         dist.barrier()
     bar.close()
 
