@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from cli import looks_like_path, make_readable
 from lora import merged_state_dict
@@ -442,7 +444,6 @@ def parse_dtype(dtype) -> torch.dtype | None:
 
 def open_safetensors(path: Path):
     """safe_open, with a damaged file (truncated, or not safetensors at all) named in the error."""
-    from safetensors import safe_open
     try:
         return safe_open(path, framework="pt", device="cpu")
     except Exception as e:  # safetensors raises its own SafetensorError, not an OSError
@@ -516,7 +517,6 @@ def save_pretrained(model: Qwen2, out_dir, tokenizer_dir=None):
     """Write config.json, model.safetensors (LoRA merged in, no lm_head when tied),
     generation_config.json and the tokenizer files to a temporary folder, then rename it into
     place, so an interrupted save never leaves a half-written checkpoint behind."""
-    from safetensors.torch import save_file
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

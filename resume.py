@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from cli import make_readable
 from cli import jsonl_records, write_atomic
@@ -46,7 +47,6 @@ def _json(obj) -> str:
 def save_trainer_state(folder: Path, tensors: dict[str, torch.Tensor], info: dict):
     """folder/trainer_state.safetensors, then folder/trainer_state.json, each written to a
     temporary name and renamed into place."""
-    from safetensors.torch import save_file
     tmp = folder / f".{STATE_TENSORS}.tmp"
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
     make_readable(tmp)  # safetensors creates it 0600 whatever the umask
@@ -70,8 +70,19 @@ def save_checkpoint(model, folder: Path, tokenizer_dir: Path, tensors: dict[str,
     shutil.rmtree(old, ignore_errors=True)
 
 
+
+def save_final(model, out: Path, tokenizer_dir: Path):
+    """The finished model into OUT itself, beside metrics.jsonl and the checkpoints.
+    model.save_pretrained replaces its whole folder, which would take those with it; so save to
+    a sibling and move the files in, the weights last: until they arrive the folder cannot be
+    loaded by mistake (from_pretrained needs model.safetensors)."""
+    staging = out.with_name(f".{out.name}.final")
+    model.save_pretrained(staging, tokenizer_dir=tokenizer_dir)
+    for f in sorted(staging.iterdir(), key=lambda p: p.name == "model.safetensors"):
+        f.replace(out / f.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
 def load_trainer_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors.torch import load_file
     return load_file(folder / STATE_TENSORS), json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
 
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import cli
 import distributed
@@ -325,17 +325,6 @@ def save_checkpoint(out: Path, step: int, model: Qwen2, optimizer, args, tokeniz
     resume.remove_old_checkpoints(out, keep)
 
 
-def save_final(model: Qwen2, out: Path, tokenizer_dir: Path):
-    """save_pretrained replaces its whole folder, which would take metrics.jsonl and the
-    checkpoints with it; so save next door and move the files in, the weights last (until then
-    the folder has no model.safetensors and cannot be loaded by mistake)."""
-    staging = out.with_name(f".{out.name}.final")
-    model.save_pretrained(staging, tokenizer_dir=tokenizer_dir)
-    for f in sorted(staging.iterdir(), key=lambda p: p.name == "model.safetensors"):
-        os.replace(f, out / f.name)
-    staging.rmdir()
-
-
 # -----------------------------------------------------------------------------
 # 4. Training
 
@@ -389,7 +378,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    from tqdm import tqdm
     args = parse_args(argv)
     refuse_16bit_full_finetuning(args.dtype, args.lora_rank)  # trained weights stay float32
     dist_ctx = distributed.setup(args.device or default_device())
@@ -481,7 +469,7 @@ def main(argv=None) -> dict:
         if dist_ctx.is_main:
             print(f"stage 1: stopped at step {end} of {total_steps}; continue with --resume")
     elif dist_ctx.is_main:
-        save_final(model, out, tokenizer.folder)
+        resume.save_final(model, out, tokenizer.folder)
     dist_ctx.barrier()
     dist_ctx.close()
     summary = {"steps": end, "total_steps": total_steps, "first_loss": first_loss, "last_loss": last_loss,

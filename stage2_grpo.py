@@ -59,13 +59,13 @@ import math
 import os
 import random
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm import tqdm
 
 import cli
 import distributed
@@ -545,18 +545,6 @@ def learning_rate(cfg: GRPOConfig, step: int, total: int) -> float:
     return cfg.lr * min(1.0, (step + 1) / warmup) if warmup else cfg.lr
 
 
-def save_final(model, out: Path, tokenizer_dir: Path):
-    """model.save_pretrained replaces its whole folder, which would delete metrics.jsonl and
-    the checkpoints beside it; save to a sibling and move the model files in, config.json last
-    (a folder with a config.json is complete)."""
-    staging = out.with_name(f".{out.name}.final")
-    model.save_pretrained(staging, tokenizer_dir=tokenizer_dir)
-    names = sorted(p.name for p in staging.iterdir())
-    for name in [n for n in names if n != "config.json"] + ["config.json"]:
-        (staging / name).replace(out / name)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
 def weights_checksum(model) -> str:
     """sha256 of the weights as save_pretrained writes them (LoRA merged), in name order."""
     digest = hashlib.sha256()
@@ -832,7 +820,6 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
     options: the whole command line (vars(args)), when the caller has more options than
     GRPOConfig (the data, the reward); they are saved with each checkpoint and --resume refuses
     to continue when one of them changed (MAY_CHANGE_ON_RESUME excepted)."""
-    from tqdm import tqdm
 
     cfg = config if isinstance(config, GRPOConfig) else GRPOConfig.from_args(config)
     if not examples:
@@ -899,7 +886,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
 
     # 4. the final checkpoint, beside metrics.jsonl
     if dist.is_main:
-        save_final(model, out, tokenizer.folder)
+        resume.save_final(model, out, tokenizer.folder)
     dist.barrier()
     summary = {"steps": max_steps, "out": str(out)}
     # under torchrun every process must end with the same weights (the one checkpoint rank 0

@@ -51,13 +51,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+from tqdm import tqdm
+
 import cli
+import distributed
 import resume
 import stage2_grpo as stage2
 from eval import answer_in_batches, build_prompt, extract_answer, is_correct
+from generate import compile_decode
+from model import Qwen2
 from cli import nonnegative_float, nucleus, positive_int, write_atomic
 from stage2_grpo import answer_part
 from teacher import add_teacher_arguments, load_from_args, load_teacher_data
+from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
 # 1. Failure mining
@@ -103,8 +110,6 @@ def model_sampler(model, tokenizer, temperature: float = 0.7, top_p: float = 1.0
     """The student answering the evaluation prompt exactly as eval.py asks it (same prompt, same
     stop rule), k samples per question sharing one prefill. temperature 0 is greedy (then the k
     attempts are identical, so use k=1)."""
-    import torch
-    from tqdm import tqdm
     generator = torch.Generator(device=model.device).manual_seed(seed)
 
     def sample(questions: Sequence[str], k: int) -> list[list[str]]:
@@ -274,10 +279,6 @@ def eval_prompt_of(example, rng=None) -> str:
 def mine(args, examples: Sequence, dist) -> list[Failure]:
     """Every process mines its share of the questions; all of them get the whole set back. The
     model is loaded as eval.py loads it (the stored dtype unless --dtype says otherwise)."""
-    import torch
-    from generate import compile_decode
-    from model import Qwen2
-    from tokenizer import load_tokenizer
     model = Qwen2.from_pretrained(args.model, dtype=args.dtype, device=dist.device)
     if args.compile:
         compile_decode(model)
@@ -324,7 +325,6 @@ def main(argv=None) -> dict:
         parser.error(f"argument --failure-threshold: expected an integer in [1, --attempts = {args.attempts}], "
                      f"got {args.failure_threshold}")
 
-    import distributed
     dist = distributed.setup(args.device)
     out = Path(args.out)
     resume.refuse_existing_run(out, args.resume)   # before mining, which takes a while

@@ -11,14 +11,17 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.decoders import ByteLevel
+
 from model import resolve_checkpoint_dir
+
 
 class Tokenizer:
     """The `tokenizers` library's tokenizer plus what generation needs to know: which ids end a
     sequence (from generation_config.json and tokenizer_config.json) and which id pads."""
 
     def __init__(self, folder: Path):
-        from tokenizers import Tokenizer as HFTokenizer
         self.folder = folder
         path = folder / "tokenizer.json"
         if not path.is_file():
@@ -46,7 +49,6 @@ class Tokenizer:
         pad = self._special_id(tok_config.get("pad_token"), folder)
         self.pad_token_id = pad if pad is not None else eos_ids[0]
         # Qwen2's decoder: each token is bytes and the joined bytes are read as UTF-8 (TextSoFar)
-        from tokenizers.decoders import ByteLevel
         self.decodes_bytes = isinstance(self.tok.decoder, ByteLevel)
 
     def _special_id(self, token, folder):

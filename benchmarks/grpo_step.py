@@ -96,17 +96,17 @@ def run_ours(checkpoint: Path, prompts: list[str], args, work: Path) -> dict:
                         micro_batch_size=args.prompts_per_step * args.group_size, save_every=0,
                         seed=0, quiet=True, device="cpu")
     peak_before_save = []
-    save_final = s2.save_final
+    save_final = s2.resume.save_final
 
     def measured_save_final(*a, **k):  # the training's peak, before the final save (see the docstring)
         peak_before_save.append(peak_rss_gb())
         return save_final(*a, **k)
 
-    s2.save_final = measured_save_final
+    s2.resume.save_final = measured_save_final
     try:
         s2.train_grpo(cfg, examples, lambda i, rng: prompts[i], lambda text, ex, **info: pseudo_reward(text))
     finally:
-        s2.save_final = save_final
+        s2.resume.save_final = save_final
     rows = [json.loads(l) for l in (work / "ours" / "metrics.jsonl").read_text().splitlines()][1:]
     return {"rollout_s": statistics.median(r["rollout_seconds"] for r in rows),
             "train_s": statistics.median(r["train_seconds"] for r in rows),

@@ -73,6 +73,26 @@ def test_discovery_and_cleaning_of_interrupted_saves(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-notes"]
 
 
+def test_the_final_model_joins_its_run_folder_weights_last(tmp_path, tiny_qwen_checkpoint, monkeypatch):
+    """Both stages save their final model with resume.save_final: into the run folder, beside
+    metrics.jsonl and the checkpoints (save_pretrained alone would replace the folder), and
+    model.safetensors moved in last, so that a kill mid-way leaves no loadable half-model."""
+    out = tmp_path / "run"
+    fake_checkpoint(out / "checkpoint-2", 2)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    moved = []
+    replace = type(out).replace
+    monkeypatch.setattr(type(out), "replace", lambda self, target: (moved.append(self.name), replace(self, target))[1])
+    model = Qwen2.from_pretrained(tiny_qwen_checkpoint)
+    resume.save_final(model, out, tiny_qwen_checkpoint)
+    assert moved[-1] == "model.safetensors" and {"config.json", "tokenizer.json"} <= set(moved)
+    assert {"metrics.jsonl", "checkpoint-2", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left
+    assert_complete_model(out)
+    reloaded = Qwen2.from_pretrained(out)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+
+
 def test_old_pickled_checkpoint_is_refused_not_deleted(tmp_path):
     fake_checkpoint(tmp_path / "checkpoint-3", 3, complete=False)
     (tmp_path / "checkpoint-3" / "trainer_state.pt").write_bytes(b"pickle")
