@@ -74,6 +74,7 @@ class Preset:
     error_rate: float = 0.1   # share of pre-training solutions with one slip of arithmetic
     misread_rate: float = 0.75  # how often the pre-training author misreads a misleading sentence
     structured_rate: float = 0.25  # pre-training solutions laid out like the teacher's, not rambling
+    teacher_checks: float = 0.0    # share of the teacher's calculations it double-checks in a step of its own
     max_value: int = 99       # every number in a problem, intermediate results included
     # the base's pre-training mixture: which prompt each solution follows (see FORMS)
     form_shares: tuple = (0.4, 0.2, 0.2, 0.2)
@@ -191,13 +192,17 @@ def calc(s: Step, result: int | None = None) -> str:
     return f"{s.before} {SYMBOL[s.op]} {s.operand} = {s.after if result is None else result}"
 
 
-def teacher_steps(rng: random.Random, p: Problem) -> list[str]:
+def teacher_steps(rng: random.Random, p: Problem, checks: float = 0.0) -> list[str]:
     """The verbose teacher: restate the question and the start, one step per operation that
     restates its fact and computes, sometimes a step repeating the running total, then the result
-    again. n + 3 steps (5-7 for 2-4 operations), plus a repeat now and then."""
+    again. n + 3 steps (5-7 for 2-4 operations), plus a repeat now and then. With `checks` > 0,
+    that share of the calculations is followed by a step that does it again, as R1's rationales
+    double-check theirs: steps a student can drop without losing anything (--teacher-checks)."""
     out = [f"We need to find how many {p.item} {p.name} has now.", f"{p.name} starts with {p.start} {p.item}."]
     for s in p.steps:
         out.append(f"{s.fact} So {calc(s)} {p.item}.")
+        if checks and rng.random() < checks:  # no draw at 0: the worlds without checks are unchanged
+            out.append(f"Let me double-check: {calc(s)}. Correct.")
         if rng.random() < 0.2 and s is not p.steps[-1]:
             out.append(f"Now {p.name} has {s.after} {p.item}.")
     out.append(f"So {p.name} has {p.answer} {p.item} now.")
@@ -286,8 +291,8 @@ def gsm8k_record(p: Problem) -> dict:
     return {"question": p.question, "answer": "\n".join(lines) + f"\n#### {p.answer}"}
 
 
-def teacher_record(rng: random.Random, p: Problem) -> dict:
-    steps = teacher_steps(rng, p)
+def teacher_record(rng: random.Random, p: Problem, checks: float = 0.0) -> dict:
+    steps = teacher_steps(rng, p, checks)
     return {"question": p.question, "answer": str(p.answer), "rationale": format_steps(steps, p.answer),
             "steps": steps}
 
@@ -336,7 +341,7 @@ def form_prompt(form: str, p: Problem, teacher: dict, rng: random.Random) -> tup
 def pretraining_text(rng: random.Random, p: Problem, preset: Preset) -> tuple[str, str, str]:
     """(form, prompt, completion) of one pre-training document: a form drawn by form_shares."""
     form = rng.choices(FORMS, weights=preset.form_shares)[0]
-    prompt, known = form_prompt(form, p, teacher_record(rng, p), rng)
+    prompt, known = form_prompt(form, p, teacher_record(rng, p, preset.teacher_checks), rng)
     return form, prompt, base_completion(rng, p, preset, known)
 
 
@@ -496,7 +501,7 @@ def cpu_has_bf16() -> bool:
 
 
 def measure_forms(model_dir: Path, problems: list[Problem], seed: int, max_new_tokens: int = 256,
-                  batch_size: int = 100) -> dict:
+                  batch_size: int = 100, teacher_checks: float = 0.0) -> dict:
     """The base model under every prompt form (greedy, eval.py's stop rule and grading), on
     held-out problems: {form: {accuracy, mean_generated_tokens, n}}. The curriculum trains on
     each form, so each needs a base that is sometimes right there (reward spread)."""
@@ -510,7 +515,7 @@ def measure_forms(model_dir: Path, problems: list[Problem], seed: int, max_new_t
     table = {}
     for form in FORMS:
         rng = random.Random(f"{seed}:forms:{form}")
-        prompts = [form_prompt(form, p, teacher_record(rng, p), rng)[0] for p in problems]
+        prompts = [form_prompt(form, p, teacher_record(rng, p, teacher_checks), rng)[0] for p in problems]
         ids = tok.encode_batch(prompts)
         right, tokens = 0, 0
         for lo in range(0, len(ids), batch_size):
@@ -563,15 +568,18 @@ def suggested_settings(teacher: list[dict]) -> dict:
 
 
 def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: str = "cpu",
-                progress: bool = True) -> World:
-    """Build the world in out_dir (or return the one already there, if it has the same preset
-    and seed). Everything is written to a temporary folder first, world.json last."""
+                progress: bool = True, teacher_checks: float | None = None) -> World:
+    """Build the world in out_dir (or return the one already there, if it has the same preset,
+    settings and seed). Everything is written to a temporary folder first, world.json last.
+    teacher_checks, when given, replaces the preset's (world.json records the settings used)."""
     root = Path(out_dir)
     name = preset if isinstance(preset, str) else "custom"
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
+    if teacher_checks is not None:
+        preset = dataclasses.replace(preset, teacher_checks=teacher_checks)
     # (through JSON, so that it compares equal to what world.json reads back: tuples become lists)
     wanted = json.loads(json.dumps({"preset": name, "seed": seed, "settings": dataclasses.asdict(preset)}))
     meta = root / "world.json"
@@ -596,7 +604,7 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
         train = generate_problems(rng, preset.n_train, preset, taken)
         pretrain = generate_problems(rng, preset.base_steps * preset.batch_size, preset, taken)
         # 2. files in the formats the real scripts read
-        teacher = [teacher_record(rng, p) for p in train]
+        teacher = [teacher_record(rng, p, preset.teacher_checks) for p in train]
         write_jsonl(tmp / "train.jsonl", [gsm8k_record(p) for p in train])
         write_jsonl(tmp / "test.jsonl", [gsm8k_record(p) for p in test])
         write_jsonl(tmp / "teacher.jsonl", teacher)
@@ -614,7 +622,8 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
         base = pretrain_base(preset, [(prompt, completion) for _, prompt, completion in documents],
                              tmp / "tokenizer", tmp / "base", seed, device, progress)
         measure_start = time.time()
-        base["by_form"] = measure_forms(tmp / "base", test[:preset.n_form_probe], seed)
+        base["by_form"] = measure_forms(tmp / "base", test[:preset.n_form_probe], seed,
+                                        teacher_checks=preset.teacher_checks)
         base["by_form_seconds"] = round(time.time() - measure_start, 1)
         forms = [form for form, _, _ in documents]
         info = {**wanted, "suggested": suggested_settings(teacher), "base": base,
@@ -803,8 +812,12 @@ def main(argv=None):
                                 "(`python tiny_world.py table RUN` prints a curriculum run's results).")
     parser.add_argument("--out", default="runs/tiny/world", help="world folder (reused if already built)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="world size (test: the test suite's)")
-    from cli import nonnegative_int, positive_int
+    from cli import nonnegative_int, positive_int, probability
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="problems, tokenizer and model initialisation")
+    parser.add_argument("--teacher-checks", type=probability, default=None,
+                        help="share of the teacher's calculations it double-checks in a step of its own, which a "
+                             "student can drop: stage 2's length reward then has something to take away (default: "
+                             "the preset's, 0; README)")
     parser.add_argument("--device", default="cpu", help="the tiny model is faster on CPU than it is worth moving")
     parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -812,7 +825,8 @@ def main(argv=None):
     import torch
     torch.set_num_threads(args.threads)
     start = time.time()
-    world = build_world(args.out, args.preset, args.seed, args.device, progress=not args.quiet)
+    world = build_world(args.out, args.preset, args.seed, args.device, progress=not args.quiet,
+                        teacher_checks=args.teacher_checks)
     info = world.info
     print(f"tiny world ({info['preset']}, seed {info['seed']}) in {world.root}: {info['sizes']['train']} train / "
           f"{info['sizes']['test']} test questions, base model {info['base']['parameters']:,} parameters, "

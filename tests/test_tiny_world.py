@@ -85,6 +85,26 @@ def test_generated_arithmetic_is_right():
         assert len(concise.split()) < len(tw.format_steps(tw.teacher_steps(rng, p), p.answer).split())
 
 
+
+def test_teacher_checks_repeat_a_calculation_and_change_nothing_else():
+    """--teacher-checks: each calculation is followed, with that probability, by a step that does
+    it again; at 0 the teacher draws no extra random number, so a world is what it was before."""
+    rng = random.Random(5)
+    for _ in range(50):
+        p = tw.make_problem(rng, rng.randint(2, 4), 99)
+        seed = rng.random()
+        plain = tw.teacher_steps(random.Random(seed), p)
+        assert tw.teacher_steps(random.Random(seed), p, checks=0.0) == plain
+        assert not any(step.startswith("Let me double-check") for step in plain)
+        checked = tw.teacher_steps(random.Random(seed), p, checks=1.0)
+        for s in p.steps:  # every calculation, then its check right after it
+            i = checked.index(f"{s.fact} So {tw.calc(s)} {p.item}.")
+            assert checked[i + 1] == f"Let me double-check: {tw.calc(s)}. Correct."
+        without_checks = [step for step in checked if not step.startswith("Let me double-check")]
+        assert len(checked) == len(without_checks) + len(p.steps) and without_checks[-1] == plain[-1]
+    with pytest.raises(SystemExit):
+        tw.main(["--teacher-checks", "1.5", "--out", "/nonexistent/never-built"])
+
 def misleading_problem(rng):
     """A problem with at least one misleading sentence (see tiny_world.MISLEADING)."""
     while True:
