@@ -13,7 +13,8 @@
 # stage 1's and stage 2's budgets, `sft` = plain distillation and `grpo` = GRPO on the plain
 # prompt; default 1 for the tiny world, 0 for paper mode), STAGE1_ARGS / STAGE2_ARGS /
 # STAGE3_ARGS / EVAL_ARGS / WORLD_ARGS (extra options appended to those commands; WORLD_ARGS="--seed 1"
-# builds another tiny world), PYTHON (default: python).
+# builds another tiny world, WORLD_ARGS="--teacher-checks 0.6" one whose teacher double-checks),
+# PYTHON (default: python).
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -24,7 +24,9 @@ loss. What makes it a miniature of the paper and not just a small dataset:
 - The "teacher" rationales are always right and less rambling (they restate the facts and
   repeat each result, about 5-7 steps, like the R1-distilled teacher's); a concise 2-3 step
   rationale exists in the generator for comparison. The curriculum's job is then the paper's:
-  more right answers, fewer tokens.
+  more right answers, fewer tokens. `--teacher-checks R` makes the teacher double-check a share
+  R of its calculations in steps of their own, steps a student can drop: stages 2 and 3 then
+  have something to shorten (README, "Stages 2 and 3 at work").
 
 What a world folder holds (every file is rebuilt from the seed; nothing here is committed):
     train.jsonl     GSM8K-format training questions ({"question", "answer": "... #### N"})
