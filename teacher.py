@@ -274,12 +274,6 @@ def _raw_records(source: str, gsm8k_path: str | None) -> tuple[str, list[tuple[s
     return str(path), [(f"{path}:{n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
-def parse_rows(text: str | None) -> slice | None:
-    """"0:2000" -> slice(0, 2000); "2000:" -> slice(2000, None); None or "" -> None (all rows).
-    A malformed slice is a ValueError (cli.row_slice, which --rows also checks at parse time)."""
-    return row_slice(text)
-
-
 def load_teacher_data(source: str, rows: slice | None = None, gsm8k_path: str | None = None,
                       quiet: bool = False, max_warnings: int = 5, thinking: str = "keep") -> list[TeacherExample]:
     """Every usable record of `source` (after taking `rows` of its records), as TeacherExample.
@@ -333,7 +327,7 @@ def add_teacher_arguments(parser, rows: str | None = None):
 
 
 def load_from_args(args, quiet: bool = False) -> list[TeacherExample]:
-    return load_teacher_data(args.teacher_data, parse_rows(args.rows), args.gsm8k_path, quiet=quiet,
+    return load_teacher_data(args.teacher_data, row_slice(args.rows), args.gsm8k_path, quiet=quiet,
                              thinking=getattr(args, "thinking", "keep"))
 
 
@@ -423,7 +417,7 @@ def generate_main(args):
     # 1. the questions still to do (resume: skip what either output file already holds)
     data = args.data or (str(default_gsm8k_path()) if default_gsm8k_path().is_file() else HUB_GSM8K)
     questions = load_gsm8k(data, "train")
-    rows = parse_rows(args.rows)
+    rows = row_slice(args.rows)
     if rows is not None:
         questions = questions[rows]
     if args.limit is not None:
@@ -483,7 +477,7 @@ def generate_main(args):
 
 
 def show_main(args):
-    examples = load_teacher_data(args.source, parse_rows(args.rows), args.gsm8k_path, thinking=args.thinking)
+    examples = load_teacher_data(args.source, row_slice(args.rows), args.gsm8k_path, thinking=args.thinking)
     n_steps = [len(e.steps) for e in examples]
     words = [len(e.rationale.split()) for e in examples]
     print(f"{args.source}: {len(examples)} examples, {sum(n_steps) / len(examples):.2f} steps and "

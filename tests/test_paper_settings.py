@@ -148,7 +148,7 @@ def test_checked_types_accept_their_range_and_keep_values():
     assert cli.row_slice("-100:") == slice(-100, None) and cli.row_slice("") is None
     assert cli.rows_option("0:2000") == "0:2000"
     with pytest.raises(ValueError, match="START:END"):
-        teacher.parse_rows("12")
+        cli.row_slice("12")
     with pytest.raises(ValueError, match=r"an integer >= 1, got '2.5'"):
         cli.positive_int("2.5")
 

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from conftest import BRIDGE_STAGE3, GSM8K_TRAIN
-from teacher import (TeacherExample, format_rationale, judge_completion, load_teacher_data, main,
-                     parse_rows, split_steps)
+from cli import row_slice
+from teacher import TeacherExample, format_rationale, judge_completion, load_teacher_data, main, split_steps
 
 
 # -----------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def test_authors_stage12_jsonl_and_our_jsonl(tmp_path):
     ours = tmp_path / "teacher.jsonl"
     ours.write_text(json.dumps({"question": "Q?", "answer": 7, "rationale": "Step 1: x.\nStep 2: y.\nAnswer: 7"})
                     + "\n" + json.dumps({"question": "R?", "answer": "2", "steps": ["one", "two"]}) + "\n")
-    c, d = load_teacher_data(str(ours), rows=parse_rows("0:"))
+    c, d = load_teacher_data(str(ours), rows=row_slice("0:"))
     assert (c.answer, c.steps) == ("7", ["x.", "y."])
     assert d.rationale == "Step 1: one\nStep 2: two\nAnswer: 2"
 
@@ -112,7 +112,7 @@ def test_nothing_usable_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"no usable teacher records.*not valid JSON \(first at .*bad.jsonl:1\)"):
         load_teacher_data(str(path), quiet=True)
     with pytest.raises(ValueError, match="START:END"):
-        parse_rows("12")
+        row_slice("12")
 
 
 # -----------------------------------------------------------------------------
