@@ -149,6 +149,22 @@ def latest_checkpoint(out: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def checkpoint_to_resume(out: Path, resuming: bool, dist) -> tuple[Path | None, dict[str, torch.Tensor], dict | None]:
+    """(checkpoint folder, its trainer tensors, its trainer state) for --resume: the newest
+    complete checkpoint in OUT, after the main process has put right what a kill during a save
+    left behind; (None, {}, None) without --resume or when there is none yet. Every process calls
+    it (dist: distributed.setup's context); they wait for the cleaning together."""
+    if resuming and dist.is_main and out.is_dir():
+        clean_checkpoints(out)
+    dist.barrier()
+    folder = latest_checkpoint(out) if resuming and out.is_dir() else None
+    if folder is None:
+        if resuming and dist.is_main:
+            print(f"--resume: no checkpoint in {out}, starting from step 0")
+        return None, {}, None
+    tensors, state = load_trainer_state(folder)
+    return folder, tensors, state
+
 def how_to_continue(out: Path) -> str:
     """The line a stage leaves on Ctrl-C (cli.on_interrupt): what --resume will do."""
     last = latest_checkpoint(out)

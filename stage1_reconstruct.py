@@ -395,11 +395,7 @@ def main(argv=None) -> dict:
     # main process has put right what a kill during a save left behind)
     resume.refuse_existing_run(out, args.resume)
     cli.on_interrupt(lambda: resume.how_to_continue(out))  # Ctrl-C says what --resume will do
-    if args.resume and dist_ctx.is_main and out.is_dir():
-        resume.clean_checkpoints(out)
-    dist_ctx.barrier()
-    checkpoint = resume.latest_checkpoint(out) if args.resume and out.is_dir() else None
-    tensors, state = resume.load_trainer_state(checkpoint) if checkpoint else ({}, None)
+    checkpoint, tensors, state = resume.checkpoint_to_resume(out, args.resume, dist_ctx)
     if state:
         resume.check_config(state["args"], vars(args), MAY_CHANGE_ON_RESUME, checkpoint, ADDED_LATER)
     model, params, optimizer, start = load_for_training(args, checkpoint, tensors, state, dist_ctx)

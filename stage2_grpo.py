@@ -763,13 +763,7 @@ def load_policy(cfg: GRPOConfig, dist, out: Path, run_config: dict):
     right what a kill during a save left behind, with the optimiser and random states it saved,
     and only if the options are the saved run's (run_config, MAY_CHANGE_ON_RESUME excepted)."""
     device = dist.device
-    if cfg.resume and dist.is_main and out.is_dir():
-        resume.clean_checkpoints(out)
-    dist.barrier()
-    resume_from = resume.latest_checkpoint(out) if cfg.resume and out.is_dir() else None
-    if cfg.resume and resume_from is None and dist.is_main:
-        print(f"--resume: no checkpoint in {out}, starting from step 0")
-    tensors, state = resume.load_trainer_state(resume_from) if resume_from else ({}, None)
+    resume_from, tensors, state = resume.checkpoint_to_resume(out, cfg.resume, dist)
     if state is not None:  # before anything is loaded: the reference below is --model's, unchecked otherwise
         resume.check_config(state["config"], run_config, MAY_CHANGE_ON_RESUME, resume_from)
     # With LoRA the checkpoint holds merged weights; we rebuild base + adapters instead, so the

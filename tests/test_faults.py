@@ -73,6 +73,23 @@ def test_discovery_and_cleaning_of_interrupted_saves(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-notes"]
 
 
+def test_checkpoint_to_resume_cleans_then_picks_the_newest_complete(tmp_path, capsys):
+    """The one start-up sequence of stages 1 and 2: nothing touched without --resume; with it,
+    the leftovers of a killed save put right first, then the newest complete checkpoint loaded."""
+    class OneProcess:
+        is_main, barrier = True, staticmethod(lambda: None)
+    fake_checkpoint(tmp_path / "checkpoint-2", 2)
+    fake_checkpoint(tmp_path / "checkpoint-4.old", 4)            # killed between the two renames
+    fake_checkpoint(tmp_path / "checkpoint-6", 6, complete=False)  # killed before its trainer state
+    assert resume.checkpoint_to_resume(tmp_path, False, OneProcess()) == (None, {}, None)
+    assert (tmp_path / "checkpoint-4.old").is_dir() and (tmp_path / "checkpoint-6").is_dir()
+    folder, tensors, state = resume.checkpoint_to_resume(tmp_path, True, OneProcess())
+    assert folder == tmp_path / "checkpoint-4" and state["step"] == 4 and list(tensors) == ["x"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert resume.checkpoint_to_resume(tmp_path / "new", True, OneProcess()) == (None, {}, None)
+    assert "no checkpoint in" in capsys.readouterr().out
+
+
 def test_the_final_model_joins_its_run_folder_weights_last(tmp_path, tiny_qwen_checkpoint, monkeypatch):
     """Both stages save their final model with resume.save_final: into the run folder, beside
     metrics.jsonl and the checkpoints (save_pretrained alone would replace the folder), and
