@@ -587,7 +587,10 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
     meta = root / "world.json"
     if meta.is_file():
         info = json.loads(meta.read_text())
-        if {k: info.get(k) for k in wanted} != wanted:
+        # a setting newer than the world (absent from its world.json) was built at its default
+        defaults = {f.name: f.default for f in dataclasses.fields(Preset) if f.default is not dataclasses.MISSING}
+        saved = {**info, "settings": {**json.loads(json.dumps(defaults)), **info.get("settings", {})}}
+        if {k: saved.get(k) for k in wanted} != wanted:
             raise ValueError(f"{meta}: a world with preset {info.get('preset')!r} seed {info.get('seed')} "
                              f"is already there; use another folder or delete it")
         return world_paths(root, info)

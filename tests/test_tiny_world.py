@@ -48,6 +48,16 @@ def test_same_seed_same_files_other_seed_other_world(tmp_path):
     assert tw.build_world(a.root, MICRO, seed=3).info == a.info
     with pytest.raises(ValueError, match="seed 3"):
         tw.build_world(a.root, MICRO, seed=5)
+    with pytest.raises(ValueError, match="seed 3"):
+        tw.build_world(a.root, MICRO, seed=3, teacher_checks=0.5)
+    # a world built before a setting existed (absent from its world.json) was built at its default
+    older = json.loads((a.root / "world.json").read_text())
+    del older["settings"]["teacher_checks"]
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "world.json").write_text(json.dumps(older))
+    assert tw.build_world(tmp_path / "older", MICRO, seed=3).info == older
+    with pytest.raises(ValueError, match="seed 3"):
+        tw.build_world(tmp_path / "older", MICRO, seed=3, teacher_checks=0.5)
 
 
 def test_problems_are_consistent_and_held_out(tiny_world):
