@@ -39,7 +39,8 @@ if [ "$TARGET" = tiny ]; then
   # was pre-trained on every prompt form these stages use. GRPO at lr 1e-4 took stage 2 from
   # 52.0% to 43.4% held-out (its arithmetic broke); at 2e-5 it did no harm (54.2%).
   # Where the scripts' defaults are now the paper's, the tiny world's own values are passed
-  # explicitly (stage 1 full fine-tuning, stage 3 mining 2 samples at temperature 0.7, GRPO at
+  # explicitly (stage 1 full fine-tuning: with the paper's LoRA the last row was the same and `sft`
+  # weaker, README; stage 3 mining 2 samples at temperature 0.7, GRPO at
   # a constant learning rate with no warm-up and no weight decay).
   S1="--epochs 1 --batch-size 16 --grad-accum 2 --warmup-steps 5 --lr 3e-4 --lora-rank 0 --save-every 0"
   S2="--words-per-step WPS --group-size 8 --prompts-per-step 8 --max-steps 80 --lr 2e-5 --beta 0.1 --max-new-tokens 160 --save-every 0"
