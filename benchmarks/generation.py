@@ -11,6 +11,7 @@ the ratio. Not a test: the figures depend on the machine.
     python benchmarks/generation.py --compile --no-transformers   # ours eager and with --compile
 """
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -85,43 +86,46 @@ def main():
           f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens")
     config = Qwen2Config.from_json(args.config)
     ours = Qwen2(config).init_weights(seed=0)
-    folder = Path(tempfile.mkdtemp(prefix="bench-gen-"))
-    ours.save_pretrained(folder / "ckpt")  # so transformers loads exactly these weights
-    del ours
-    rows = []
-    for dtype in args.dtypes:
-        ours = Qwen2.from_pretrained(folder / "ckpt", dtype=dtype, device=args.device)
-        ref = None
-        if not args.no_transformers:
-            import transformers
-            ref = transformers.AutoModelForCausalLM.from_pretrained(
-                folder / "ckpt", dtype=getattr(torch, dtype)).to(args.device).eval()
-        for batch in args.batch_sizes:
-            prompts = random_prompts(batch, config.vocab_size, args.prompt_len)
-            time_ours(ours, prompts[:2], 4, args.device)  # warm-up
-            t_ours = time_ours(ours, prompts, args.new_tokens, args.device)
-            t_ref = None
-            if ref is not None:
-                time_transformers(ref, prompts[:2], 4, args.device)
-                t_ref = time_transformers(ref, prompts, args.new_tokens, args.device)
-            tokens = batch * args.new_tokens
-            rows.append((dtype, batch, tokens / t_ours, tokens / t_ref if t_ref else None))
-            ours_s, ref_s = rows[-1][2], rows[-1][3]
-            print(f"{dtype:9s} B={batch:<4d} ours {ours_s:8.1f} tok/s"
-                  + (f"   transformers {ref_s:8.1f} tok/s   ratio {ours_s / ref_s:5.2f}x" if ref_s else ""),
-                  flush=True)
-        if args.compile:
-            compiled = compile_decode(Qwen2.from_pretrained(folder / "ckpt", dtype=dtype, device=args.device))
+    folder = Path(tempfile.mkdtemp(prefix="bench-gen-"))  # ~2 GB at the 0.5B shape: removed at the end
+    try:
+        ours.save_pretrained(folder / "ckpt")  # so transformers loads exactly these weights
+        del ours
+        rows = []
+        for dtype in args.dtypes:
+            ours = Qwen2.from_pretrained(folder / "ckpt", dtype=dtype, device=args.device)
+            ref = None
+            if not args.no_transformers:
+                import transformers
+                ref = transformers.AutoModelForCausalLM.from_pretrained(
+                    folder / "ckpt", dtype=getattr(torch, dtype)).to(args.device).eval()
             for batch in args.batch_sizes:
                 prompts = random_prompts(batch, config.vocab_size, args.prompt_len)
-                first, seconds = time_warm(compiled, prompts, args.new_tokens, args.device)
-                print(f"{dtype:9s} B={batch:<4d} compile_decode: first call {first:.1f} s", flush=True)
-                speed = batch * args.new_tokens / seconds
-                eager = next(r[2] for r in rows if r[:2] == (dtype, batch))
-                print(f"{dtype:9s} B={batch:<4d} ours compiled {speed:8.1f} tok/s   compiled / eager {speed / eager:5.2f}x",
+                time_ours(ours, prompts[:2], 4, args.device)  # warm-up
+                t_ours = time_ours(ours, prompts, args.new_tokens, args.device)
+                t_ref = None
+                if ref is not None:
+                    time_transformers(ref, prompts[:2], 4, args.device)
+                    t_ref = time_transformers(ref, prompts, args.new_tokens, args.device)
+                tokens = batch * args.new_tokens
+                rows.append((dtype, batch, tokens / t_ours, tokens / t_ref if t_ref else None))
+                ours_s, ref_s = rows[-1][2], rows[-1][3]
+                print(f"{dtype:9s} B={batch:<4d} ours {ours_s:8.1f} tok/s"
+                      + (f"   transformers {ref_s:8.1f} tok/s   ratio {ours_s / ref_s:5.2f}x" if ref_s else ""),
                       flush=True)
-            del compiled
-        del ours, ref
+            if args.compile:
+                compiled = compile_decode(Qwen2.from_pretrained(folder / "ckpt", dtype=dtype, device=args.device))
+                for batch in args.batch_sizes:
+                    prompts = random_prompts(batch, config.vocab_size, args.prompt_len)
+                    first, seconds = time_warm(compiled, prompts, args.new_tokens, args.device)
+                    print(f"{dtype:9s} B={batch:<4d} compile_decode: first call {first:.1f} s", flush=True)
+                    speed = batch * args.new_tokens / seconds
+                    eager = next(r[2] for r in rows if r[:2] == (dtype, batch))
+                    print(f"{dtype:9s} B={batch:<4d} ours compiled {speed:8.1f} tok/s   compiled / eager {speed / eager:5.2f}x",
+                          flush=True)
+                del compiled
+            del ours, ref
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     print("\n| dtype | batch | ours (tok/s) | transformers (tok/s) | ratio |\n|---|---|---|---|---|")
     for dtype, batch, o, r in rows:
         print(f"| {dtype} | {batch} | {o:.1f} | {r:.1f} | {o / r:.2f}x |" if r else f"| {dtype} | {batch} | {o:.1f} | - | - |")
