@@ -817,14 +817,13 @@ def main(argv=None):
                                 "(`python tiny_world.py table RUN` prints a curriculum run's results).")
     parser.add_argument("--out", default="runs/tiny/world", help="world folder (reused if already built)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="world size (test: the test suite's)")
-    from cli import nonnegative_int, positive_int, probability
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="problems, tokenizer and model initialisation")
-    parser.add_argument("--teacher-checks", type=probability, default=None,
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="problems, tokenizer and model initialisation")
+    parser.add_argument("--teacher-checks", type=cli.probability, default=None,
                         help="share of the teacher's calculations it double-checks in a step of its own, which a "
                              "student can drop: stage 2's length reward then has something to take away (default: "
                              "the preset's, 0; README)")
     parser.add_argument("--device", default="cpu", help="the tiny model is faster on CPU than it is worth moving")
-    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=cli.positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     import torch
