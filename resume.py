@@ -243,14 +243,21 @@ def truncate_metrics(path: Path, step: int):
 # 4. The run's options
 
 
-def check_config(saved: dict, new: dict, may_differ: Iterable[str], where: Path, added_later: dict | None = None):
+def check_config(saved: dict, new: dict, may_differ: Iterable[str], where: Path, added_later: dict | None = None,
+                 removed: dict | None = None):
     """Refuse, in one line, to resume with an option that differs from the saved run's. Every
     option is compared except those in `may_differ` (where to write, how often to save, what to
     print), so an option added later is checked unless someone decides it is harmless.
     `added_later` names options newer than some checkpoints, each with the value that does what
-    the code did before it existed: a checkpoint that lacks the option counts as having it."""
+    the code did before it existed: a checkpoint that lacks the option counts as having it.
+    `removed` names options the code no longer has, each with the value that does what the code
+    does now: a checkpoint saved with another value cannot be resumed by this code."""
     new = json.loads(_json(new))  # as it reads back from the JSON: tuples as lists, a slice as text
     saved = {**json.loads(_json(added_later or {})), **saved}
+    for name, value in (removed or {}).items():
+        if name in saved and not same_option(saved.pop(name), value):
+            raise SystemExit(f"{where}: saved with --{name.replace('_', '-')}, which this code no longer has "
+                             f"(it always does what {value!r} did); resume with the code that wrote it")
     skip = set(may_differ)
     changed = [k for k in new if k not in skip and not same_option(saved.get(k), new[k])]
     changed += [k for k in saved if k not in skip and k not in new]

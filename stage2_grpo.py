@@ -434,8 +434,6 @@ class GRPOConfig:
     model: str = option(help="policy checkpoint to start from (folder or hub id)", group=MODEL, required=True)
     out: str = option(help="output folder: final checkpoint, metrics.jsonl, checkpoint-STEP/", group=MODEL,
                       required=True)
-    ref_model: str | None = option(None, "frozen KL reference (default: the same as --model; with --lora-rank "
-                                         "the reference is --model with adapters off, no second copy)", MODEL)
     dtype: str | None = option(None, "weights dtype (default: float32; on CUDA, bf16 autocast is used for the "
                                      "forward passes)", MODEL, choices=["float32", "bfloat16", "float16"])
     device: str | None = option(None, "default: cuda if available, else cpu", MODEL)
@@ -500,6 +498,9 @@ class GRPOConfig:
 # checkpoints written before 2026-11-29.)
 MAY_CHANGE_ON_RESUME = ("out", "resume", "quiet", "save_every", "keep_checkpoints", "save_total_limit", "device",
                         "gradient_checkpointing", "compile")
+# Options this code no longer has, with the value that does what it does now: --ref-model (a KL
+# reference other than --model; used by no script here, removed 2026-11-29).
+REMOVED_OPTIONS = {"ref_model": None}
 
 
 def add_grpo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -765,7 +766,7 @@ def load_policy(cfg: GRPOConfig, dist, out: Path, run_config: dict):
     device = dist.device
     resume_from, tensors, state = resume.checkpoint_to_resume(out, cfg.resume, dist)
     if state is not None:  # before anything is loaded: the reference below is --model's, unchecked otherwise
-        resume.check_config(state["config"], run_config, MAY_CHANGE_ON_RESUME, resume_from)
+        resume.check_config(state["config"], run_config, MAY_CHANGE_ON_RESUME, resume_from, removed=REMOVED_OPTIONS)
     # With LoRA the checkpoint holds merged weights; we rebuild base + adapters instead, so the
     # reference (adapters off) is still the original model.
     weights = resume_from if resume_from is not None and not cfg.lora_rank else cfg.model
@@ -778,10 +779,8 @@ def load_policy(cfg: GRPOConfig, dist, out: Path, run_config: dict):
         add_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
         if state is not None:
             resume.load_adapters(model, tensors, resume_from)
-        if cfg.ref_model and cfg.ref_model != cfg.model and cfg.beta:
-            raise ValueError("--ref-model with --lora-rank: the reference is --model with adapters off")
     elif cfg.beta:
-        ref = Qwen2.from_pretrained(cfg.ref_model or cfg.model, dtype=cfg.dtype or "float32", device=device)
+        ref = Qwen2.from_pretrained(cfg.model, dtype=cfg.dtype or "float32", device=device)
         ref.requires_grad_(False)
     model.gradient_checkpointing = cfg.gradient_checkpointing
     if cfg.compile:

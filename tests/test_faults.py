@@ -205,6 +205,18 @@ def test_a_stage2_checkpoint_from_before_the_keep_checkpoints_rename_resumes():
         resume.check_config(old, {**new, "lr": 2e-4}, s2.MAY_CHANGE_ON_RESUME, "ckpt")
 
 
+def test_a_removed_option_resumes_only_where_it_did_what_the_code_does_now():
+    """--ref-model is gone (the KL reference is always --model): a checkpoint that saved its
+    default resumes; one that named another reference would be resumed with another one, so no."""
+    new = {"model": "a", "lr": 1e-4}
+    resume.check_config({**new, "ref_model": None}, new, s2.MAY_CHANGE_ON_RESUME, "ckpt", removed=s2.REMOVED_OPTIONS)
+    with pytest.raises(SystemExit, match="--ref-model, which this code no longer has"):
+        resume.check_config({**new, "ref_model": "other"}, new, s2.MAY_CHANGE_ON_RESUME, "ckpt",
+                            removed=s2.REMOVED_OPTIONS)
+    with pytest.raises(SystemExit, match="--ref-model"):  # without the table it is an unknown saved option
+        resume.check_config({**new, "ref_model": None}, new, s2.MAY_CHANGE_ON_RESUME, "ckpt")
+
+
 def test_a_path_option_may_be_spelled_another_way_on_resume(tmp_path, monkeypatch):
     (tmp_path / "base").mkdir()
     (tmp_path / "other").mkdir()
