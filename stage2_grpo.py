@@ -583,10 +583,11 @@ def _batch_logprobs(model, prompts, completions, temperature, pad_id, micro, dev
     return out
 
 
-def _pad(rows: list[list[float]], width: int, device) -> torch.Tensor:
+def _pad(rows: list[list[float] | None], width: int, device) -> torch.Tensor:
     t = torch.zeros(len(rows), width, dtype=torch.float32)
     for i, r in enumerate(rows):
-        t[i, :len(r)] = torch.tensor(r, dtype=torch.float32)
+        if r is not None:
+            t[i, :len(r)] = torch.tensor(r, dtype=torch.float32)
     return t.to(device)
 
 
@@ -595,12 +596,13 @@ def _pad(rows: list[list[float]], width: int, device) -> torch.Tensor:
 
 
 def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_ids: list[list[int]],
-              examples: Sequence[Any], reward_fn: RewardFn, generator: torch.Generator, lr: float,
-              train_ids: list[list[int]] | None = None,
+              loss_ids: list[list[int]], examples: Sequence[Any], reward_fn: RewardFn,
+              generator: torch.Generator, lr: float,
               stop_fn: Callable[[str], bool] | None = should_stop) -> tuple[dict, dict]:
     """One GRPO step on this process's prompts (token ids, with their examples). Returns this
     process's sums for the metrics (step_metrics adds up the processes) and what is not a sum.
-    train_ids: the prompts the loss conditions on, when not those sampled from (stage 3)."""
+    prompt_ids are sampled from; loss_ids are what the loss conditions each completion on: the
+    same prompts in stage 2, the evaluation prompt for stage 3's rewrites (see train_grpo)."""
     G, device = cfg.group_size, dist.device
 
     # 1. rollout: G completions per prompt with their sampling log-probs
@@ -609,8 +611,7 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
         ro = rollout(model, tokenizer, prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                      generator, stop_fn)
     rollout_seconds = time.time() - t0
-    if train_ids is not None:
-        ro.prompts = [train_ids[row // G] for row in range(len(ro.completions))]
+    loss_prompts = [loss_ids[row // G] for row in range(len(ro.completions))]
 
     # 2. rewards and group-normalised advantages; the rows that train (groups with reward spread)
     parts = [{} for _ in ro.texts]
@@ -628,16 +629,15 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
             if (cfg.keep_zero_variance or not zero_var[r // G])
             and not (cfg.truncated == "exclude" and ro.truncated[r])]
 
-    # 3. pi_old and pi_ref log-probs of the rows that train (no gradients)
+    # 3. pi_old and pi_ref log-probs of the rows that train (no gradients). pi_old is the
+    #    sampler's own, where the loss conditions on the prompt sampled from; where it does not,
+    #    the sampler's are of another prompt, and optimise takes the trainer's (None here)
     t0 = time.time()
-    prompts, completions = [ro.prompts[r] for r in rows], [ro.completions[r] for r in rows]
+    prompts, completions = [loss_prompts[r] for r in rows], [ro.completions[r] for r in rows]
+    old = [ro.old_logprobs[r] if loss_prompts[r] == ro.prompts[r] else None for r in rows]
     logprobs = functools.partial(_batch_logprobs, prompts=prompts, completions=completions,
                                  temperature=cfg.temperature, pad_id=tokenizer.pad_token_id,
                                  micro=cfg.micro_batch_size, device=device)
-    if train_ids is not None:  # the rollout's prompts are not the loss prompts: recompute pi_old
-        old = logprobs(model)
-    else:
-        old = [ro.old_logprobs[r] for r in rows]
     ref_lp = None
     if cfg.beta and rows:
         if ref is not None:
@@ -691,19 +691,24 @@ def optimise(model, optimizer, tokenizer, cfg: GRPOConfig, dist, prompts, comple
             width = new_lp.shape[1]
             old_t = _pad(old[lo:hi], width, device)
             if ppo_epoch == 0:
-                # sampler vs trainer, same weights: any gap is numerics (bf16, cached decode vs
-                # one full pass). A material one would clip on noise, so this micro-batch then
-                # trains against the trainer's own log-probs, which are exactly what a separate
-                # no-grad pass would compute (the weights have not moved yet this step).
+                # Rows without a pi_old (loss prompt not the one sampled from) take the trainer's
+                # own log-probs: the weights have not moved yet this step, so they are exactly
+                # what a separate no-grad pass would compute.
+                # The others: sampler vs trainer, same weights, so any gap is numerics (bf16,
+                # cached decode vs one full pass). A material one would clip on noise, so this
+                # micro-batch then trains against the trainer's own log-probs too.
                 # --recompute-gap's 1e-3: float32 measures ~1e-6; bf16 on the tiny world
                 # ~3e-4 with the float32 head (1e-3 with a bf16 head), its largest gaps then
                 # 0.02 (0.07), against a clip range of log 1.2 = 0.18
-                gaps = torch.where(mask, (new_lp.detach() - old_t).abs(), 0)
+                fresh = torch.tensor([o is None for o in old[lo:hi]], device=device)[:, None]
+                gaps = torch.where(mask & ~fresh, (new_lp.detach() - old_t).abs(), 0)
                 gap, gap_sum = max(gap, float(gaps.max())), gap_sum + float(gaps.sum())
-                if float(gaps.sum()) > cfg.recompute_gap * float(mask.sum()):
-                    old_t = new_lp.detach()
+                if float(gaps.sum()) > cfg.recompute_gap * float((mask & ~fresh).sum()):
+                    fresh = torch.ones_like(fresh)
+                if bool(fresh.any()):
+                    old_t = torch.where(fresh, new_lp.detach(), old_t)
                     old[lo:hi] = [row[:len(c)].tolist() for row, c in zip(old_t, completions[lo:hi])]
-                    n_recomputed += hi - lo
+                    n_recomputed += int(fresh.sum())
             ref_t = _pad(ref_lp[lo:hi], width, device) if ref_lp is not None else None
             adv = advantages[lo:hi].to(device)
             loss, s = grpo_loss(new_lp, old_t, adv, mask, ref_t, cfg.beta, cfg.clip_eps, cfg.loss_agg, total)
@@ -798,17 +803,16 @@ def load_policy(cfg: GRPOConfig, dist, out: Path, run_config: dict):
 
 
 def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
-               build_prompt: Callable[[Any, random.Random], str], reward_fn: RewardFn,
-               desc: str = "grpo", train_prompt: Callable[[Any, random.Random], str] | None = None,
-               options: dict | None = None) -> dict:
+               build_prompt: Callable[[Any, random.Random], str | tuple[str, str]], reward_fn: RewardFn,
+               desc: str = "grpo", options: dict | None = None) -> dict:
     """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
     reward_fn(text, example) scores each completion (plus what it names of REWARD_INFO, call_reward). Writes the final
     checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary
     (steps, out, first and last reward and length).
 
-    train_prompt, when given, is the prompt the loss conditions each completion on instead of
-    the one it was sampled from (stage 3 samples rewrites from a rewriting prompt and can train
-    them under the plain evaluation prompt); pi_old is then recomputed under it.
+    build_prompt may also return a pair (prompt to sample from, prompt the loss conditions the
+    completions on): stage 3 samples rewrites from a rewriting prompt and can train them under
+    the plain evaluation prompt; pi_old is then the trainer's (grpo_step).
 
     options: the whole command line (vars(args)), when the caller has more options than
     GRPOConfig (the data, the reward); they are saved with each checkpoint and --resume refuses
@@ -855,15 +859,16 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         picks = dist.shard(step_examples(len(examples), cfg.prompts_per_step, step, cfg.seed))
         chosen = [examples[i] for _, i in picks]
         seeds = [f"{cfg.seed}:prompt:{epoch}:{i}" for epoch, i in picks]
-        prompt_ids = tokenizer.encode_batch([build_prompt(ex, random.Random(s)) for ex, s in zip(chosen, seeds)])
-        train_ids = None if train_prompt is None else tokenizer.encode_batch(
-            [train_prompt(ex, random.Random(s)) for ex, s in zip(chosen, seeds)])
+        texts = [build_prompt(ex, random.Random(s)) for ex, s in zip(chosen, seeds)]
+        pairs = [text if isinstance(text, tuple) else (text, text) for text in texts]
+        prompt_ids = tokenizer.encode_batch([sample for sample, _ in pairs])
+        loss_ids = tokenizer.encode_batch([loss for _, loss in pairs])
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
         lr = learning_rate(cfg, step, max_steps)
 
         # 3. the step, then its line of metrics.jsonl and, every --save-every steps, a checkpoint
-        sums, info = grpo_step(model, ref, optimizer, tokenizer, cfg, dist, prompt_ids, chosen, reward_fn,
-                               generator, lr, train_ids, stop_fn)
+        sums, info = grpo_step(model, ref, optimizer, tokenizer, cfg, dist, prompt_ids, loss_ids, chosen,
+                               reward_fn, generator, lr, stop_fn)
         record = step_metrics(sums, info, dist, cfg, step, steps_per_epoch, lr)
         history.append(record)
         if dist.is_main:

@@ -268,8 +268,10 @@ def rewrite_prompt_of(example, rng=None) -> str:
     return build_rewrite_prompt(example.question, example.rationale)
 
 
-def eval_prompt_of(example, rng=None) -> str:
-    return build_prompt(example.question)
+def rewrite_then_eval_prompt_of(example, rng=None) -> tuple[str, str]:
+    """train_grpo's prompt builder for --policy-prompt eval: sample from the rewriting prompt,
+    condition the loss on the evaluation prompt."""
+    return rewrite_prompt_of(example), build_prompt(example.question)
 
 
 # -----------------------------------------------------------------------------
@@ -351,8 +353,8 @@ def main(argv=None) -> dict:
 
     # 2. GRPO on the rewriting prompts, with the chosen reward and the chosen loss prompt
     reward_fn = stage2.reward_with_options(args, REWARDS, failures, desc="stage 3")
-    summary = stage2.train_grpo(stage2.GRPOConfig.from_args(args), failures, rewrite_prompt_of, reward_fn,
-                                desc="stage3", train_prompt=eval_prompt_of if args.policy_prompt == "eval" else None,
+    prompt_of = rewrite_then_eval_prompt_of if args.policy_prompt == "eval" else rewrite_prompt_of
+    summary = stage2.train_grpo(stage2.GRPOConfig.from_args(args), failures, prompt_of, reward_fn, desc="stage3",
                                 options=vars(args))  # saved with each checkpoint; --resume checks them
     summary.update(failures=len(failures), failures_path=str(source or mined_path))
     dist.close()

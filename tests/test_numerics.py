@@ -165,6 +165,24 @@ def test_material_gap_trains_against_the_trainers_logprobs(tiny_world, tmp_path)
     assert Qwen2.from_pretrained(tmp_path / "never").dtype == torch.float32
 
 
+def test_stage3_trains_rewrites_under_the_eval_prompt_against_the_trainers_logprobs(tiny_world, tmp_path):
+    # the rewrites are sampled from the rewriting prompt; under --policy-prompt eval the loss
+    # conditions them on the eval prompt, where the sampler's log-probs are not pi_old (they are
+    # of another prompt): every trained row takes the trainer's, whatever --recompute-gap says
+    def stage3(name, policy_prompt):
+        s3.main(["--model", str(tiny_world.base_model), "--failures", str(tiny_world.teacher), "--out",
+                 str(tmp_path / name), "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "16",
+                 "--max-steps", "2", "--save-every", "0", "--reward", "cosine", "--keep-zero-variance",
+                 "--recompute-gap", "1e9", "--policy-prompt", policy_prompt, "--device", "cpu", "--quiet"])
+        return metrics(tmp_path / name)
+
+    rows = stage3("eval", "eval")
+    assert all(r["old_recomputed"] == 1.0 and r["clip_fraction"] == 0.0 for r in rows)
+    assert all(r["logprob_gap"] == 0.0 for r in rows)   # no sampler log-probs were compared
+    rows = stage3("rewrite", "rewrite")   # float32, same prompt: the sampler's are pi_old
+    assert all(r["old_recomputed"] == 0.0 and 0 < r["logprob_gap"] < 1e-3 for r in rows)
+
+
 def config(**kw):
     return s2.GRPOConfig(model="m", out="o", **kw)
 
