@@ -54,8 +54,11 @@ def build_prompt(question: str, hints: str = "") -> str:
     return PROMPT_TEMPLATE.format(question=question.strip(), hints=hints)
 
 
+# The answer label, one rule for the whole repository (the stop rule, extract_answer, and the
+# rewards' format check and answer_part in stages 2-3): "Final Answer:" or "Answer:", any case.
+ANSWER_LABEL = re.compile(r"(?:Final Answer|Answer):", re.IGNORECASE)
 # An answer line: "Final Answer: 18", "Answer: $1,080.50", "answer: -3"
-ANSWER_LINE = re.compile(r"(?:Final Answer|Answer):\s*\$?\s*-?\d[\d,]*(?:\.\d+)?", re.IGNORECASE)
+ANSWER_LINE = re.compile(ANSWER_LABEL.pattern + r"\s*\$?\s*-?\d[\d,]*(?:\.\d+)?", re.IGNORECASE)
 
 
 def should_stop(completion: str) -> bool:
@@ -96,7 +99,7 @@ def strip_continuation(completion: str) -> str:
 def extract_answer(completion: str) -> str | None:
     """Final Answer: -> Answer: -> last number in the text; commas and `$` removed; None if no number."""
     text = strip_continuation(completion)
-    for marker in (r"Final Answer:", r"Answer:"):
+    for marker in (r"Final Answer:", r"Answer:"):   # ANSWER_LABEL's two spellings, the longer first
         for match in re.finditer(marker, text, re.IGNORECASE):
             line = text[match.end():].split("\n", 1)[0]
             number = _first_number(line)

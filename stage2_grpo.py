@@ -58,7 +58,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +69,8 @@ from tqdm import tqdm
 import cli
 import distributed
 import resume
-from eval import NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop, strip_continuation
+from eval import (ANSWER_LABEL, NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop,
+                  strip_continuation)
 from cli import bounded, dropout, nonnegative_float, nonnegative_int, nucleus, positive_float, positive_int
 from generate import compile_decode, generate, token_logprobs
 from lora import add_lora, lora_disabled, merged_state_dict, refuse_16bit_full_finetuning
@@ -140,14 +140,11 @@ def prompt_builder(kind: str = "masked", mask_answer_steps: bool = False) -> Cal
 #   truncated       whether the limit cut the completion
 # The loop logs accuracy (parts["correct"]) with eval's own grading unless the reward sets it.
 
-ANSWER_LINE_MARKER = re.compile(r"Answer\s*:", re.IGNORECASE)
-
-
 def well_formed(solution: str) -> bool:
     """The paper's format check, one rule for stages 2 and 3: a `Step k:` label (teacher.py's
-    STEP_MARKER, the one that splits the teacher data: any case and spacing) and an answer line
-    (`Answer:` or `Final Answer:`, any case)."""
-    return bool(STEP_MARKER.search(solution)) and ANSWER_LINE_MARKER.search(solution) is not None
+    STEP_MARKER, the one that splits the teacher data: any case and spacing) and an answer label
+    (eval.ANSWER_LABEL, the one eval reads the answer from: `Answer:` or `Final Answer:`, any case)."""
+    return bool(STEP_MARKER.search(solution)) and ANSWER_LABEL.search(solution) is not None
 
 
 def _correct(text: str, example) -> bool:
@@ -158,8 +155,9 @@ def answer_part(text: str) -> str:
     """The response up to the end of its first answer line (the authors cut there too): what
     follows the answer is not part of the solution and must not count towards its length."""
     text = strip_continuation(text)
-    match = re.search(r"(?:Final Answer|Answer):[^\n]*", text, re.IGNORECASE)
-    return text[:match.end()] if match else text
+    match = ANSWER_LABEL.search(text)
+    end = text.find("\n", match.end()) if match else -1
+    return text[:end] if end >= 0 else text
 
 
 # The authors' budget of 35 words a teacher step was set for R1 rationales of ~290 words in ~4.7

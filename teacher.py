@@ -34,7 +34,6 @@ and line, counted by reason, and skipped; loading stops with an error when nothi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -62,6 +61,10 @@ class TeacherExample:
 # 1. Steps: find them in free text, and write them back in the canonical form
 
 STEP_MARKER = re.compile(r"\bStep\s*(\d+)\s*:", re.IGNORECASE)
+# Where a teacher's steps end. Broader than eval.ANSWER_LABEL on purpose: this reads other
+# people's files (markdown bold, "Final  Answer :", GSM8K's "####"); the steps found are
+# written back with a plain "Answer: N" line (format_rationale), which eval reads, except the
+# authors' released rationales under --thinking keep, which stay as they were written.
 ANSWER_MARKER = re.compile(r"(?:\*\*)?\b(?:Final\s+)?Answer\s*:|####", re.IGNORECASE)
 NUMBERED_ITEM = re.compile(r"^[ \t]*(?:\*\*)?\d+[.)][ \t]+", re.MULTILINE)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$(])")

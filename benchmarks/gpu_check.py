@@ -46,8 +46,6 @@ import datetime
 import gc
 import itertools
 import json
-import math
-import os
 import shutil
 import sys
 import tempfile

@@ -1,5 +1,4 @@
 """Shared test fixtures: paths into ../shared, tiny random checkpoints, the tiny world."""
-import json
 import os
 import sys
 from pathlib import Path

@@ -237,6 +237,16 @@ def test_paper_reward_counts_words_up_to_the_answer_line():
     assert s3.answer_part is s2.answer_part and s3.REWARDS["paper"] is s2.reward_paper
 
 
+@pytest.mark.parametrize("text", ["Step 1: 2 + 2 = 4.\nAnswer: 4", "step 1: 2 + 2 = 4.\nFINAL ANSWER: 4",
+                                  "Step 1: 2 + 2 = 4.\nAnswer : 4", "Step 1: 2 + 2 = 4.\nThe answer is 4"])
+def test_the_format_check_finds_an_answer_line_where_eval_reads_one(text):
+    # one answer label (eval.ANSWER_LABEL): what the rewards call formatted is what eval reads
+    # its answer from, and answer_part cuts at the end of that same line
+    from eval import ANSWER_LINE
+    assert s2.well_formed(text) == bool(ANSWER_LINE.search(text))
+    assert s2.answer_part(text + "\nStep 2: more") == (text if s2.well_formed(text) else text + "\nStep 2: more")
+
+
 def test_advantages_without_std_scale_are_r_minus_mean():
     rewards = torch.tensor([1.0, 3.0, 0.0, 0.0, -2.0, 2.0])
     adv, zero = s2.group_advantages(rewards, 2, std_scale=False)
