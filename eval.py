@@ -215,12 +215,13 @@ def check_context(prompts: list[list[int]], max_new_tokens: int, window: int):
 def answer_in_batches(model, tokenizer, prompts: list[list[int]], prompts_per_call: int, max_new_tokens: int,
                       k: int = 1, temperature: float = 0.0, top_p: float = 1.0, generator=None,
                       skip: Container[int] = ()) -> Iterator[tuple[list[int], "Generation"]]:
-    """The student answering eval prompts (token ids) as eval.py asks it, batch by batch: yields
+    """The student answering prompts (token ids) as eval.py asks it, batch by batch: yields
     (prompt indices, their Generation: k completions each, prompt-major) under the stop rule.
     Shortest prompts first, since similar lengths in one batch waste less on padding; `skip`
     leaves out prompts already answered. The batches depend only on the prompts and `skip`, so
     a resumed evaluation (it stopped between batches) makes the batches the first run would have
-    made, and the same completions. evaluate (greedy, k=1) and stage 3's failure mining use it."""
+    made, and the same completions. evaluate (greedy, k=1), stage 3's failure mining and
+    tiny_world's table of the base under each prompt form use it (call it under torch.no_grad())."""
     from generate import generate
     order = [i for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if i not in skip]
     for lo in range(0, len(order), prompts_per_call):

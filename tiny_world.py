@@ -508,8 +508,7 @@ def measure_forms(model_dir: Path, problems: list[Problem], seed: int, max_new_t
     held-out problems: {form: {accuracy, mean_generated_tokens, n}}. The curriculum trains on
     each form, so each needs a base that is sometimes right there (reward spread)."""
     import torch
-    from eval import extract_answer, is_correct, should_stop
-    from generate import generate
+    from eval import answer_in_batches, extract_answer, is_correct
     from model import Qwen2
     from tokenizer import load_tokenizer
     model = Qwen2.from_pretrained(model_dir).eval()
@@ -518,15 +517,12 @@ def measure_forms(model_dir: Path, problems: list[Problem], seed: int, max_new_t
     for form in FORMS:
         rng = random.Random(f"{seed}:forms:{form}")
         prompts = [form_prompt(form, p, teacher_record(rng, p, teacher_checks), rng)[0] for p in problems]
-        ids = tok.encode_batch(prompts)
         right, tokens = 0, 0
-        for lo in range(0, len(ids), batch_size):
-            with torch.no_grad():
-                out = generate(model, ids[lo:lo + batch_size], max_new_tokens, temperature=0.0, tokenizer=tok,
-                               pad_token_id=tok.pad_token_id, stop_fn=should_stop)
-            for p, completion in zip(problems[lo:lo + batch_size], out.tokens):
-                right += is_correct(extract_answer(tok.decode(completion)), str(p.answer))
-                tokens += len(completion)
+        with torch.no_grad():
+            for batch, out in answer_in_batches(model, tok, tok.encode_batch(prompts), batch_size, max_new_tokens):
+                for i, completion in zip(batch, out.tokens):
+                    right += is_correct(extract_answer(tok.decode(completion)), str(problems[i].answer))
+                    tokens += len(completion)
         table[form] = {"accuracy": round(right / len(problems), 4),
                        "mean_generated_tokens": round(tokens / len(problems), 1), "n": len(problems)}
     return table
