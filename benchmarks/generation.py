@@ -4,7 +4,9 @@ Generation speed: our `generate.generate` beside transformers' `generate`, on id
 Random weights at the official Qwen2.5-0.5B shape (no download), a 100-token prompt, 64 sampled
 new tokens (temperature 1, no top-k/top-p truncation, EOS disabled so every row runs the full
 length), for each batch size and dtype. Prints new tokens per second for each implementation and
-the ratio. Not a test: the figures depend on the machine.
+the ratio, and the ceiling: the call's matrix products (generate_matmul_flops) at the rate of one
+large matrix product on this machine (matmul_peak), which no implementation passes. Not a test:
+the figures depend on the machine.
 
     python benchmarks/generation.py                                  # CPU, fp32 and bf16, B = 8 and 32
     python benchmarks/generation.py --device cuda --dtypes bfloat16 --batch-sizes 8 32 128
@@ -35,6 +37,39 @@ def random_prompts(batch: int, vocab: int, length: int) -> list[list[int]]:
     """The benchmark's prompts: random token ids, the same for a given batch size."""
     g = torch.Generator().manual_seed(batch)
     return torch.randint(0, vocab, (batch, length), generator=g).tolist()
+
+
+def generate_matmul_flops(config: Qwen2Config, batch: int, prompt_len: int, new_tokens: int) -> float:
+    """FLOPs (2 per multiply-add) of the matrix products a generate call must do, whoever wrote
+    it: the prefill of batch x prompt_len tokens with the LM head at the last position only, then
+    new_tokens - 1 decode steps of one token per row through every layer and the LM head, and
+    attention's two products (q.k, then weights.v) over the context so far."""
+    c = config
+    kv = c.num_key_value_heads * c.head_dim
+    layers = c.num_hidden_layers * 2 * c.hidden_size * (2 * c.hidden_size + 2 * kv + 3 * c.intermediate_size)
+    head = 2 * c.hidden_size * c.vocab_size
+
+    def attention(context: int) -> int:  # one token attending to `context` positions
+        return c.num_hidden_layers * 2 * 2 * context * c.num_attention_heads * c.head_dim
+
+    prefill = prompt_len * layers + head + sum(attention(p + 1) for p in range(prompt_len))
+    decode = sum(layers + head + attention(prompt_len + t + 1) for t in range(1, new_tokens))
+    return batch * (prefill + decode)
+
+
+def matmul_peak(dtype: str, device, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of one large square matrix product in `dtype` on this machine, the best of `reps`:
+    the rate no implementation's matrix products beat, so it caps every generate."""
+    a, b = (torch.randn(n, n, dtype=getattr(torch, dtype), device=device) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
 
 
 def time_ours(model, prompts, new_tokens, device):
@@ -92,6 +127,8 @@ def main():
         del ours
         rows = []
         for dtype in args.dtypes:
+            peak = matmul_peak(dtype, args.device)
+            print(f"{dtype:9s} matrix product 2048^3: {peak / 1e9:.1f} GFLOP/s", flush=True)
             ours = Qwen2.from_pretrained(folder / "ckpt", dtype=dtype, device=args.device)
             ref = None
             if not args.no_transformers:
@@ -107,11 +144,13 @@ def main():
                     time_transformers(ref, prompts[:2], 4, args.device)
                     t_ref = time_transformers(ref, prompts, args.new_tokens, args.device)
                 tokens = batch * args.new_tokens
-                rows.append((dtype, batch, tokens / t_ours, tokens / t_ref if t_ref else None))
+                # the ceiling: this call's matrix products alone, at the measured peak rate
+                ceiling = tokens / (generate_matmul_flops(config, batch, args.prompt_len, args.new_tokens) / peak)
+                rows.append((dtype, batch, tokens / t_ours, tokens / t_ref if t_ref else None, ceiling))
                 ours_s, ref_s = rows[-1][2], rows[-1][3]
                 print(f"{dtype:9s} B={batch:<4d} ours {ours_s:8.1f} tok/s"
-                      + (f"   transformers {ref_s:8.1f} tok/s   ratio {ours_s / ref_s:5.2f}x" if ref_s else ""),
-                      flush=True)
+                      + (f"   transformers {ref_s:8.1f} tok/s   ratio {ours_s / ref_s:5.2f}x" if ref_s else "")
+                      + f"   ceiling {ceiling:8.1f} tok/s (ours at {ours_s / ceiling:.0%})", flush=True)
             if args.compile:
                 compiled = compile_decode(Qwen2.from_pretrained(folder / "ckpt", dtype=dtype, device=args.device))
                 for batch in args.batch_sizes:
@@ -126,9 +165,11 @@ def main():
             del ours, ref
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print("\n| dtype | batch | ours (tok/s) | transformers (tok/s) | ratio |\n|---|---|---|---|---|")
-    for dtype, batch, o, r in rows:
-        print(f"| {dtype} | {batch} | {o:.1f} | {r:.1f} | {o / r:.2f}x |" if r else f"| {dtype} | {batch} | {o:.1f} | - | - |")
+    print("\n| dtype | batch | ours (tok/s) | transformers (tok/s) | ratio | ceiling (tok/s) | ours / ceiling |\n"
+          "|---|---|---|---|---|---|---|")
+    for dtype, batch, o, r, ceiling in rows:
+        theirs = f"{r:.1f} | {o / r:.2f}x" if r else "- | -"
+        print(f"| {dtype} | {batch} | {o:.1f} | {theirs} | {ceiling:.1f} | {o / ceiling:.0%} |")
 
 
 if __name__ == "__main__":
