@@ -82,7 +82,7 @@ def test_tiny_runner_keeps_its_settings(monkeypatch):
     """curriculum.sh tiny passes explicitly what it used to get from the old defaults."""
     s = _branch_settings("tiny")
     a1 = parsed(monkeypatch, s1.parse_args, REQUIRED + s["S1"])
-    assert (a1.lora_rank, a1.epochs, a1.batch_size * a1.grad_accum, a1.lr) == (0, 1, 32, 3e-4)
+    assert (a1.lora_rank, a1.epochs, a1.batch_size * a1.grad_accum, a1.lr) == (0, 5, 32, 3e-4)   # the paper's 5 epochs
     a2 = parsed(monkeypatch, s2.main, REQUIRED + s["S2"])
     assert (a2.group_size, a2.beta, a2.words_per_step, a2.max_new_tokens, a2.lr) == (8, 0.1, 8.0, 160, 2e-5)
     a3 = parsed(monkeypatch, s3.main, REQUIRED + s["S3"])
