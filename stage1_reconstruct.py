@@ -34,7 +34,8 @@ length 2048, clip 1.0, seed 42, teacher rows 0-1999); `--lora-rank 0` trains eve
     python stage1_reconstruct.py --model Qwen/Qwen2.5-3B --teacher-data runs/teacher/r1.jsonl \\
         --out runs/paper/stage1
     python stage1_reconstruct.py --model runs/tiny/world/base --teacher-data runs/tiny/world/teacher.jsonl \\
-        --rows 0:2000 --lora-rank 0 --epochs 1 --warmup-steps 5 --lr 1e-3 --out runs/tiny/stage1
+        --rows 0:2000 --lora-rank 0 --batch-size 16 --grad-accum 2 --warmup-steps 5 --lr 3e-4 \\
+        --out runs/tiny/stage1   # curriculum.sh tiny's stage 1 (5 epochs, the default)
     torchrun --nproc_per_node 8 stage1_reconstruct.py ... --resume   # same run, 8 GPUs, continue
 
 Writes OUT/ (the merged final checkpoint), OUT/metrics.jsonl (one line per optimizer step) and
