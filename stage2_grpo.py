@@ -860,7 +860,8 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         texts = [build_prompt(ex, random.Random(s)) for ex, s in zip(chosen, seeds)]
         pairs = [text if isinstance(text, tuple) else (text, text) for text in texts]
         prompt_ids = tokenizer.encode_batch([sample for sample, _ in pairs])
-        loss_ids = tokenizer.encode_batch([loss for _, loss in pairs])
+        same = all(sample == loss for sample, loss in pairs)   # stage 2: one prompt, encoded once
+        loss_ids = prompt_ids if same else tokenizer.encode_batch([loss for _, loss in pairs])
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
         lr = learning_rate(cfg, step, max_steps)
 
