@@ -70,7 +70,6 @@ def save_checkpoint(model, folder: Path, tokenizer_dir: Path, tensors: dict[str,
     shutil.rmtree(old, ignore_errors=True)
 
 
-
 def save_final(model, out: Path, tokenizer_dir: Path):
     """The finished model into OUT itself, beside metrics.jsonl and the checkpoints.
     model.save_pretrained replaces its whole folder, which would take those with it; so save to
@@ -81,6 +80,7 @@ def save_final(model, out: Path, tokenizer_dir: Path):
     for f in sorted(staging.iterdir(), key=lambda p: p.name == "model.safetensors"):
         f.replace(out / f.name)
     shutil.rmtree(staging, ignore_errors=True)
+
 
 def load_trainer_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(folder / STATE_TENSORS), json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
@@ -164,6 +164,7 @@ def checkpoint_to_resume(out: Path, resuming: bool, dist) -> tuple[Path | None, 
         return None, {}, None
     tensors, state = load_trainer_state(folder)
     return folder, tensors, state
+
 
 def how_to_continue(out: Path) -> str:
     """The line a stage leaves on Ctrl-C (cli.on_interrupt): what --resume will do."""
