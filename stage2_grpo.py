@@ -15,7 +15,7 @@ difference of sequence-mean log-probs as its "KL". We implement the algorithm as
 (Shao et al. 2024, DeepSeekMath), every piece in its own function:
   1. rollout          G completions per prompt, sampled at temperature T with top-p, plus the
                       log-probability of each sampled token under the sampling policy
-  2. rewards          reward(completion_text, example, ...) -> float, from a name -> function dict
+  2. rewards          reward(completion, example) -> float, from a name -> function dict
   3. advantages       A_i = (r_i - mean(r_group)) / (std(r_group) + eps), the same for every
                       token of completion i; a group whose rewards are all equal has A = 0
                       (--no-std-scale: A_i = r_i - mean(r_group), as Dr. GRPO)
@@ -53,7 +53,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -130,15 +129,25 @@ def prompt_builder(kind: str = "masked", mask_answer_steps: bool = False) -> Cal
 
 
 # -----------------------------------------------------------------------------
-# 2. Rewards: reward(completion_text, example) -> float
+# 2. Rewards: reward(completion, example) -> float
 #
-# `example` has .answer (the gold number as a string) and .steps (the teacher's steps). A reward
-# may also name any of these keyword arguments, and the loop passes it those (call_reward):
-#   parts           a dict for the reward's components, each logged in metrics.jsonl as reward_<key>
-#   num_tokens      completion tokens, EOS included
-#   max_new_tokens  the token limit
-#   truncated       whether the limit cut the completion
-# The loop logs accuracy (parts["correct"]) with eval's own grading unless the reward sets it.
+# `completion` is what the policy wrote (a Completion: its text, token count, the token limit and
+# whether the limit cut it); `example` has .answer (the gold number as a string) and .steps (the
+# teacher's steps). A reward that wants its components logged writes them into completion.parts,
+# which metrics.jsonl shows as reward_<key>; the loop logs accuracy (parts["correct"]) with eval's
+# own grading unless the reward sets it. A reward's own options (paper's words_per_step,
+# overlong's buffer) are keyword arguments that main binds with functools.partial.
+
+
+@dataclass
+class Completion:
+    """One sampled completion, as a reward sees it."""
+    text: str
+    num_tokens: int = 0          # completion tokens, EOS included
+    max_new_tokens: int = 256    # the token limit it was sampled under
+    truncated: bool = False      # whether the limit cut it
+    parts: dict[str, float] = dataclasses.field(default_factory=dict)  # components to log
+
 
 def well_formed(solution: str) -> bool:
     """The paper's format check, one rule for stages 2 and 3: a `Step k:` label (teacher.py's
@@ -176,7 +185,7 @@ def calibrated_words_per_step(examples: Sequence[Any]) -> float:
     return round(PAPER_WORDS_PER_STEP * words / max(steps, 1) / R1_WORDS_PER_STEP, 1)
 
 
-def reward_paper(text: str, example, parts: dict | None = None, words_per_step: float = 35.0, **info) -> float:
+def reward_paper(completion: Completion, example, words_per_step: float = 35.0) -> float:
     """The authors' hierarchical reward (PAPER.md, Stage 2), lengths in words.
 
     n = teacher steps, B = words_per_step * n, w = words in the response,
@@ -190,11 +199,10 @@ def reward_paper(text: str, example, parts: dict | None = None, words_per_step: 
             -0.002 * (w - 0.8 B)            if 0.8 B < w <= B
             min(0.001 * (0.8 B - w), 0.2)   if w <= 0.8 B
     The maximum is 1 + 0.9 + 0.2 = 2.1."""
-    parts = {} if parts is None else parts
-    solution = answer_part(text)
+    solution = answer_part(completion.text)
     n, w, markers = len(example.steps), len(solution.split()), len(STEP_MARKER.findall(solution))
-    correct, formatted = _correct(text, example), well_formed(solution)
-    parts.update(correct=float(correct), format=float(formatted), step_bonus=0.0, length=0.0, words=float(w))
+    correct, formatted = _correct(completion.text, example), well_formed(solution)
+    completion.parts.update(correct=float(correct), format=float(formatted), step_bonus=0.0, length=0.0, words=float(w))
     if not correct:
         return -2.0
     if not formatted:
@@ -207,65 +215,50 @@ def reward_paper(text: str, example, parts: dict | None = None, words_per_step: 
         t = -0.002 * (w - 0.8 * B)
     else:
         t = min(0.001 * (0.8 * B - w), 0.2)
-    parts.update(step_bonus=s, length=t)
+    completion.parts.update(step_bonus=s, length=t)
     return 1.0 + s + t
 
 
-def reward_correct(text: str, example, parts: dict | None = None, **info) -> float:
+def reward_correct(completion: Completion, example) -> float:
     """Correctness only: 1 if the extracted answer equals the gold number, else 0."""
-    correct = _correct(text, example)
-    if parts is not None:
-        parts.update(correct=float(correct))
+    correct = _correct(completion.text, example)
+    completion.parts.update(correct=float(correct))
     return float(correct)
 
 
-def reward_overlong(text: str, example, parts: dict | None = None, num_tokens: int = 0,
-                    max_new_tokens: int = 256, overlong_buffer: int = 64, **info) -> float:
+def reward_overlong(completion: Completion, example, overlong_buffer: int = 64) -> float:
     """Correctness (+1 / -1) plus DAPO's soft overlong penalty (Yu et al. 2025), in tokens.
 
     With L = completion tokens, L_max = max_new_tokens and a buffer L_c = overlong_buffer:
       penalty = 0                              if L <= L_max - L_c
                 (L_max - L_c - L) / L_c        if L_max - L_c < L <= L_max   (0 down to -1)
     so answers are free to be long until they approach the limit, then pay linearly."""
-    correct = _correct(text, example)
-    threshold = max_new_tokens - overlong_buffer
-    penalty = 0.0 if num_tokens <= threshold else max((threshold - num_tokens) / max(overlong_buffer, 1), -1.0)
-    if parts is not None:
-        parts.update(correct=float(correct), overlong=penalty)
+    correct, n = _correct(completion.text, example), completion.num_tokens
+    threshold = completion.max_new_tokens - overlong_buffer
+    penalty = 0.0 if n <= threshold else max((threshold - n) / max(overlong_buffer, 1), -1.0)
+    completion.parts.update(correct=float(correct), overlong=penalty)
     return (1.0 if correct else -1.0) + penalty
 
 
-def reward_cosine(text: str, example, parts: dict | None = None, num_tokens: int = 0,
-                  max_new_tokens: int = 256, truncated: bool = False, **info) -> float:
+def reward_cosine(completion: Completion, example) -> float:
     """Cosine length-scaled reward (Yeo et al. 2025, "Demystifying long chain-of-thought").
 
     With x = L / L_max (L = completion tokens, L_max = max_new_tokens):
       r = r_L + (r_0 - r_L) * (1 + cos(pi * x)) / 2
     right: r_0 = 1, r_L = 0.5 (shorter is better); wrong: r_0 = -1, r_L = -0.5 (a wrong answer
     is punished less when the model at least kept thinking); cut by the limit: -1."""
-    correct = _correct(text, example)
-    if truncated:
+    correct = _correct(completion.text, example)
+    if completion.truncated:
         value = -1.0
     else:
         r0, rL = (1.0, 0.5) if correct else (-1.0, -0.5)
-        x = min(num_tokens / max(max_new_tokens, 1), 1.0)
+        x = min(completion.num_tokens / max(completion.max_new_tokens, 1), 1.0)
         value = rL + (r0 - rL) * 0.5 * (1.0 + math.cos(math.pi * x))
-    if parts is not None:
-        parts.update(correct=float(correct))
+    completion.parts.update(correct=float(correct))
     return value
 
 
-RewardFn = Callable[..., float]
-REWARD_INFO = ("parts", "num_tokens", "max_new_tokens", "truncated")
-
-
-def call_reward(reward: RewardFn, text: str, example, **info) -> float:
-    """reward(text, example, ...) with those of `info` (REWARD_INFO) that it names; one that
-    takes **info gets them all. So `def my_reward(text, example)` is a whole reward."""
-    params = inspect.signature(reward).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        info = {k: v for k, v in info.items() if k in params}
-    return float(reward(text, example, **info))
+RewardFn = Callable[[Completion, Any], float]
 
 
 REWARDS: dict[str, RewardFn] = {
@@ -612,12 +605,11 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
     loss_prompts = [loss_ids[row // G] for row in range(len(ro.completions))]
 
     # 2. rewards and group-normalised advantages; the rows that train (groups with reward spread)
-    parts = [{} for _ in ro.texts]
-    rewards = torch.tensor([
-        call_reward(reward_fn, text, examples[row // G], parts=parts[row], num_tokens=len(tokens),
-                    max_new_tokens=cfg.max_new_tokens, truncated=trunc)
-        for row, (text, tokens, trunc) in enumerate(zip(ro.texts, ro.completions, ro.truncated))],
-        dtype=torch.float32)
+    scored = [Completion(text, len(tokens), cfg.max_new_tokens, trunc)
+              for text, tokens, trunc in zip(ro.texts, ro.completions, ro.truncated)]
+    rewards = torch.tensor([float(reward_fn(c, examples[row // G])) for row, c in enumerate(scored)],
+                           dtype=torch.float32)
+    parts = [c.parts for c in scored]
     for row, part in enumerate(parts):  # accuracy is logged whatever the reward is
         gold = getattr(examples[row // G], "answer", None)
         if "correct" not in part and gold is not None:
@@ -804,9 +796,9 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                build_prompt: Callable[[Any, random.Random], str | tuple[str, str]], reward_fn: RewardFn,
                desc: str = "grpo", options: dict | None = None) -> dict:
     """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
-    reward_fn(text, example) scores each completion (plus what it names of REWARD_INFO, call_reward). Writes the final
-    checkpoint, metrics.jsonl and intermediate checkpoints to config.out; returns a summary
-    (steps, out, first and last reward and length).
+    reward_fn(completion, example) scores each completion (a Completion: text, tokens, limit,
+    truncated; section 2). Writes the final checkpoint, metrics.jsonl and intermediate
+    checkpoints to config.out; returns a summary (steps, out, first and last reward and length).
 
     build_prompt may also return a pair (prompt to sample from, prompt the loss conditions the
     completions on): stage 3 samples rewrites from a rewriting prompt and can train them under
@@ -908,8 +900,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
 
 
 def add_reward_arguments(group, rewards: dict[str, RewardFn], default: str):
-    """--reward and the options rewards take (stage 3 shares them): each reward gets those of
-    reward_options(args) that it names as parameters."""
+    """--reward and the rewards' own options (stage 3 shares them; reward_with_options binds them)."""
     group.add_argument("--reward", default=default, choices=sorted(rewards), help="the reward, by name")
     group.add_argument("--words-per-step", type=positive_float, default=None,
                        help="paper reward: B = this * teacher steps (None: 35 scaled to the teacher data's words "
@@ -919,18 +910,22 @@ def add_reward_arguments(group, rewards: dict[str, RewardFn], default: str):
 
 
 def reward_with_options(args, rewards: dict[str, RewardFn], examples: Sequence[Any], desc: str) -> RewardFn:
-    """rewards[args.reward] with the options of add_reward_arguments that it names as parameters
-    bound; --words-per-step, when not given, is calibrated to `examples` and printed."""
+    """rewards[args.reward] with its options bound (functools.partial): `paper` takes
+    --words-per-step (when not given, calibrated to `examples` and printed), `overlong`
+    --overlong-buffer; every other reward is (completion, example) alone."""
     reward = rewards[args.reward]
-    takes = inspect.signature(reward).parameters
-    options = {"words_per_step": args.words_per_step, "overlong_buffer": args.overlong_buffer}
-    if "words_per_step" in takes and args.words_per_step is None:
-        options["words_per_step"] = calibrated_words_per_step(examples)
+    if args.reward == "overlong":
+        return functools.partial(reward, overlong_buffer=args.overlong_buffer)
+    if args.reward != "paper":
+        return reward
+    words_per_step = args.words_per_step
+    if words_per_step is None:
+        words_per_step = calibrated_words_per_step(examples)
         words = sum(len(e.rationale.split()) for e in examples) / max(sum(len(e.steps) for e in examples), 1)
         if os.environ.get("RANK", "0") == "0":   # once under torchrun
-            print(f"{desc}: --words-per-step {options['words_per_step']:g} (35 x {words:.1f} teacher words per step "
+            print(f"{desc}: --words-per-step {words_per_step:g} (35 x {words:.1f} teacher words per step "
                   f"/ {R1_WORDS_PER_STEP:g}, the authors' R1 rationales; pass --words-per-step to override)")
-    return functools.partial(reward, **{k: v for k, v in options.items() if k in takes})
+    return functools.partial(reward, words_per_step=words_per_step)
 
 
 def main(argv=None) -> dict:

@@ -173,14 +173,13 @@ def build_rewrite_prompt(question: str, rationale: str) -> str:
 
 
 # -----------------------------------------------------------------------------
-# 3. Rewards: reward(text, example, parts=None, **info) -> float, chosen by name with --reward
+# 3. Rewards: reward(completion, example) -> float, chosen by name with --reward
 #
-# The signature is stage 2's (stage2_grpo.py, section 2): `example` is a Failure (or any
-# teacher record), `parts` collects the components for metrics.jsonl, `info` carries token
-# counts a reward may ignore. Stage 2's rewards are offered too, with stage 2's options
+# The contract is stage 2's (stage2_grpo.py, section 2): `completion` a stage2.Completion (text,
+# token count, limit, truncated, and `parts` for the components metrics.jsonl logs), `example` a
+# Failure (or any teacher record). Stage 2's rewards are offered too, with stage 2's options
 # (stage2.add_reward_arguments): `paper` judges a rewrite as stage 2 judges a completion, its
 # budget B = words_per_step * the teacher's steps.
-
 
 
 def word_count(text: str) -> int:
@@ -200,18 +199,17 @@ def compression_bonus(ratio: float) -> float:
     return 0.5 + 0.3 * min((0.5 - ratio) / 0.3, 1.0)
 
 
-def _judge(text: str, example, parts: dict | None) -> tuple[bool, bool, float]:
-    """(right answer, has `Step k:` and `Answer:`, word ratio to the teacher), logged in parts."""
-    text = answer_part(text)
+def _judge(completion: stage2.Completion, example) -> tuple[bool, bool, float]:
+    """(right answer, has `Step k:` and `Answer:`, word ratio to the teacher), logged in its parts."""
+    text = answer_part(completion.text)
     correct = is_correct(extract_answer(text), str(example.answer))
     formatted = stage2.well_formed(text)
     ratio = word_count(text) / max(1, word_count(example.rationale))
-    if parts is not None:
-        parts.update(correct=float(correct), format=float(formatted), ratio=ratio, words=float(word_count(text)))
+    completion.parts.update(correct=float(correct), format=float(formatted), ratio=ratio, words=float(word_count(text)))
     return correct, formatted, ratio
 
 
-def paper_rewrite(text: str, example, parts: dict | None = None, **info) -> float:
+def paper_rewrite(completion: stage2.Completion, example) -> float:
     """The paper's stage-3 reward, with ratio = response words / teacher-rationale words:
 
         wrong answer                                  -2
@@ -225,7 +223,7 @@ def paper_rewrite(text: str, example, parts: dict | None = None, **info) -> floa
 
     so a correct rewrite earns 0.5 (twice the teacher's length or more) to 1.8 (a fifth of it
     or less). Words are whitespace-separated pieces, counted up to the end of the answer line."""
-    correct, well_formed, ratio = _judge(text, example, parts)
+    correct, well_formed, ratio = _judge(completion, example)
     if not correct:
         return -2.0
     if not well_formed:
@@ -233,12 +231,12 @@ def paper_rewrite(text: str, example, parts: dict | None = None, **info) -> floa
     return 1.0 + compression_bonus(ratio)
 
 
-def rewrite_linear(text: str, example, parts: dict | None = None, **info) -> float:
+def rewrite_linear(completion: stage2.Completion, example) -> float:
     """paper_rewrite with a compression term that is never flat: wrong -2, missing steps or
     answer -1, else 1 + clip(1 - ratio, -0.5, 0.8). The paper's term gives no signal between
     0.8 and 1 times the teacher's length, so a group of near-copies of the teacher has zero
     reward spread and teaches nothing; this one rewards every word saved."""
-    correct, well_formed, ratio = _judge(text, example, parts)
+    correct, well_formed, ratio = _judge(completion, example)
     if not correct:
         return -2.0
     if not well_formed:
@@ -246,7 +244,7 @@ def rewrite_linear(text: str, example, parts: dict | None = None, **info) -> flo
     return 1.0 + min(max(1.0 - ratio, -0.5), 0.8)
 
 
-REWARDS: dict[str, Callable[..., float]] = {
+REWARDS: dict[str, stage2.RewardFn] = {
     "paper_rewrite": paper_rewrite,
     "rewrite_linear": rewrite_linear,
     # stage 2's: its hierarchical length reward, correctness alone, DAPO's overlong penalty, cosine length

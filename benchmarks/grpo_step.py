@@ -104,7 +104,7 @@ def run_ours(checkpoint: Path, prompts: list[str], args, work: Path) -> dict:
 
     s2.resume.save_final = measured_save_final
     try:
-        s2.train_grpo(cfg, examples, lambda i, rng: prompts[i], lambda text, ex, **info: pseudo_reward(text))
+        s2.train_grpo(cfg, examples, lambda i, rng: prompts[i], lambda completion, ex: pseudo_reward(completion.text))
     finally:
         s2.resume.save_final = save_final
     rows = [json.loads(l) for l in (work / "ours" / "metrics.jsonl").read_text().splitlines()][1:]

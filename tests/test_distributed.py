@@ -95,8 +95,8 @@ def test_stage3_under_torchrun_two_processes(tiny_world, tmp_path):
     script.write_text("import sys, zlib\n"
                       f"sys.path.insert(0, {str(ROOT)!r})\n"
                       "import stage3_rewrite\n"
-                      "stage3_rewrite.REWARDS['text_hash'] = lambda text, example, parts=None, **info: "
-                      "zlib.crc32(text.encode()) / 2 ** 32\n"
+                      "stage3_rewrite.REWARDS['text_hash'] = lambda completion, example: "
+                      "zlib.crc32(completion.text.encode()) / 2 ** 32\n"
                       "stage3_rewrite.main()\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(script), "--model", str(tiny_world.base_model), "--teacher-data", str(tiny_world.teacher),

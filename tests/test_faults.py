@@ -283,13 +283,12 @@ def killed_at_call(n):
     """A reward (minus the completion's share of the limit) that raises at its n-th call."""
     calls = []
 
-    def reward(text, example, parts=None, num_tokens=0, max_new_tokens=1, **info):
+    def reward(completion, example):
         calls.append(1)
         if len(calls) == n:
             raise Killed
-        if parts is not None:
-            parts.update(correct=0.0)
-        return -num_tokens / max_new_tokens
+        completion.parts.update(correct=0.0)
+        return -completion.num_tokens / completion.max_new_tokens
     return reward
 
 

@@ -175,10 +175,10 @@ def test_authors_thinking_is_kept_by_default_and_can_be_dropped():
     assert all(d.rationale == teacher.format_rationale(d.steps, d.answer) for d in dropped)
     # stage 3's ratio denominator is the rationale: the same rewrite is shorter against the kept one
     rewrite = "Step 1: " + "word " * 60 + "\nFinal Answer: " + kept[0].answer
-    parts_k, parts_d = {}, {}
-    s3.paper_rewrite(rewrite, kept[0], parts_k)
-    s3.paper_rewrite(rewrite, dropped[0], parts_d)
-    assert parts_k["ratio"] < 0.8 * parts_d["ratio"]
+    as_kept, as_dropped = s2.Completion(rewrite), s2.Completion(rewrite)
+    s3.paper_rewrite(as_kept, kept[0])
+    s3.paper_rewrite(as_dropped, dropped[0])
+    assert as_kept.parts["ratio"] < 0.8 * as_dropped.parts["ratio"]
 
 
 def test_stage3_failures_file_keeps_thinking_unless_told(monkeypatch, tmp_path):
@@ -230,9 +230,9 @@ def test_paper_reward_counts_words_up_to_the_answer_line():
     ex = teacher.TeacherExample("q", "4", "r", ["a", "b", "c"])
     answer = "Step 1: 2 + 2 = 4.\nAnswer: 4"
     tail = "\nStep 2: " + "and so on " * 100
-    parts, parts_tail = {}, {}
-    assert s2.reward_paper(answer + tail, ex, parts_tail, words_per_step=10) == s2.reward_paper(answer, ex, parts, words_per_step=10)
-    assert parts_tail["words"] == parts["words"] == len(answer.split())
+    alone, with_tail = s2.Completion(answer), s2.Completion(answer + tail)
+    assert s2.reward_paper(with_tail, ex, words_per_step=10) == s2.reward_paper(alone, ex, words_per_step=10)
+    assert with_tail.parts["words"] == alone.parts["words"] == len(answer.split())
     assert s2.answer_part("Step 1: x\nFinal Answer: 3\nQuestion: next") == "Step 1: x\nFinal Answer: 3"
     assert s3.answer_part is s2.answer_part and s3.REWARDS["paper"] is s2.reward_paper
 

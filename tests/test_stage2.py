@@ -4,7 +4,6 @@ import json
 import math
 import random
 import shutil
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -126,8 +125,8 @@ def test_states_answer_compares_numbers_as_numbers():
 
 
 def paper(text, ex=None, wps=10.0):
-    parts = {}
-    return s2.reward_paper(text, ex or example(4), parts=parts, words_per_step=wps), parts
+    completion = s2.Completion(text)
+    return s2.reward_paper(completion, ex or example(4), words_per_step=wps), completion.parts
 
 
 def test_paper_reward_hierarchy():
@@ -170,15 +169,15 @@ def test_paper_reward_uses_words_per_step():
 
 def test_correct_only_reward():
     ex = example(3)
-    assert s2.reward_correct("Step 1: 9 + 9\nFinal Answer: 18", ex) == 1.0
-    assert s2.reward_correct("Final Answer: 18.0", ex) == 1.0            # numbers compared as numbers
-    assert s2.reward_correct("Final Answer: 19", ex) == 0.0
-    assert s2.reward_correct("no number at all", ex) == 0.0
+    assert s2.reward_correct(s2.Completion("Step 1: 9 + 9\nFinal Answer: 18"), ex) == 1.0
+    assert s2.reward_correct(s2.Completion("Final Answer: 18.0"), ex) == 1.0            # numbers compared as numbers
+    assert s2.reward_correct(s2.Completion("Final Answer: 19"), ex) == 0.0
+    assert s2.reward_correct(s2.Completion("no number at all"), ex) == 0.0
 
 
 def test_overlong_reward_boundaries():
     ex = example(3)
-    r = lambda text, n: s2.reward_overlong(text, ex, num_tokens=n, max_new_tokens=100, overlong_buffer=20)
+    r = lambda text, n: s2.reward_overlong(s2.Completion(text, n, max_new_tokens=100), ex, overlong_buffer=20)
     assert r("Answer: 18", 80) == 1.0                                   # at L_max - L_c: free
     assert r("Answer: 18", 90) == pytest.approx(0.5)                    # half way into the buffer
     assert r("Answer: 18", 100) == pytest.approx(0.0)                   # at the limit: -1
@@ -188,7 +187,7 @@ def test_overlong_reward_boundaries():
 
 def test_cosine_reward_boundaries():
     ex = example(3)
-    r = lambda text, n, truncated=False: s2.reward_cosine(text, ex, num_tokens=n, max_new_tokens=100, truncated=truncated)
+    r = lambda text, n, truncated=False: s2.reward_cosine(s2.Completion(text, n, 100, truncated), ex)
     assert r("Answer: 18", 0) == pytest.approx(1.0)
     assert r("Answer: 18", 50) == pytest.approx(0.75)
     assert r("Answer: 18", 100) == pytest.approx(0.5)
@@ -200,9 +199,9 @@ def test_cosine_reward_boundaries():
 
 def test_every_registered_reward_reports_correctness():
     for name, fn in s2.REWARDS.items():
-        parts = {}
-        value = fn("Step 1: 9 + 9 = 18\nAnswer: 18", example(3), parts=parts, num_tokens=12, max_new_tokens=64)
-        assert isinstance(value, float) and parts["correct"] == 1.0, name
+        completion = s2.Completion("Step 1: 9 + 9 = 18\nAnswer: 18", num_tokens=12, max_new_tokens=64)
+        value = fn(completion, example(3))
+        assert isinstance(value, float) and completion.parts["correct"] == 1.0, name
 
 
 # -----------------------------------------------------------------------------
@@ -330,11 +329,10 @@ def test_step_examples_cover_each_epoch_once():
 # Short runs on the tiny world
 
 
-def shorter_is_better(text, example, parts=None, num_tokens=0, max_new_tokens=1, **info):
+def shorter_is_better(completion, example):
     """A reward that a few GRPO steps can surely move: minus the completion's share of the limit."""
-    if parts is not None:
-        parts.update(correct=float(is_correct(extract_answer(text), example.answer)))
-    return -num_tokens / max_new_tokens
+    completion.parts.update(correct=float(is_correct(extract_answer(completion.text), example.answer)))
+    return -completion.num_tokens / completion.max_new_tokens
 
 
 def run_args(world, out, *extra):
@@ -394,24 +392,23 @@ def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypa
         assert b["completion_tokens"] == a["completion_tokens"]
 
 
-def test_a_reward_is_a_function_of_text_and_example(tiny_world, tmp_path):
-    """`def reward(text, example) -> float` is enough; the loop still logs accuracy (eval's grading)."""
+def test_a_reward_is_a_function_of_completion_and_example(tiny_world, tmp_path):
+    """`def reward(completion, example) -> float` is enough; the loop still logs accuracy (eval's
+    grading), and what it hands the reward is the completion's text, tokens, limit and cut."""
     seen = []
 
-    def longer(text, example):
-        seen.append(example.answer)
-        return float(len(text))
-
-    assert s2.call_reward(longer, "abc", SimpleNamespace(answer="3"), parts={}, num_tokens=2) == 3.0
-    takes_tokens = lambda text, example, num_tokens: float(num_tokens)  # noqa: E731
-    assert s2.call_reward(takes_tokens, "abc", None, parts={}, num_tokens=7, truncated=False) == 7.0
-    seen.clear()
+    def longer(completion, example):
+        seen.append((example.answer, completion))
+        return float(len(completion.text))
     config = s2.GRPOConfig(model=str(tiny_world.base_model), out=str(tmp_path / "run"), group_size=2,
                            prompts_per_step=2, max_steps=2, max_new_tokens=16, save_every=0, quiet=True)
     examples = load_teacher_data(str(tiny_world.teacher), rows=slice(0, 8))
     s2.train_grpo(config, examples, s2.prompt_builder("plain"), longer)
     rows = metrics(tmp_path / "run")
     assert len(seen) == 2 * 2 * 2 and all(r["accuracy"] is not None for r in rows)
+    assert all(c.max_new_tokens == 16 and 1 <= c.num_tokens <= 16 for _, c in seen)
+    assert all(c.num_tokens == 16 for _, c in seen if c.truncated)     # only the limit cuts
+    assert sum(c.truncated for _, c in seen) == round(sum(r["truncated"] * 4 for r in rows))
 
 
 def test_truncated_exclude_and_ppo_epochs(tiny_world, tmp_path, monkeypatch):
@@ -424,7 +421,7 @@ def test_truncated_exclude_and_ppo_epochs(tiny_world, tmp_path, monkeypatch):
     kept, excluded = cut("keep"), cut("exclude", "--truncated", "exclude")
     assert kept["truncated"] == excluded["truncated"] == 1.0     # 4 tokens never finish an answer
     assert kept["trained_completions"] == 16 and excluded["trained_completions"] == 0
-    monkeypatch.setitem(s2.REWARDS, "chars", lambda text, example: float(len(text)))  # reward spread
+    monkeypatch.setitem(s2.REWARDS, "chars", lambda completion, example: float(len(completion.text)))  # reward spread
     one, two = (metrics_of(s2.main(run_args(
         tiny_world, tmp_path / f"ppo{n}", "--max-steps", "1", "--max-new-tokens", "16", "--reward", "chars",
         "--lr", "1e-2", "--save-every", "0", "--ppo-epochs", str(n))), tmp_path / f"ppo{n}") for n in (1, 2))

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import stage3_rewrite as s3
+from stage2_grpo import Completion as C
 
 
 @dataclass
@@ -49,37 +50,37 @@ def response_of(words: int, answer: str = "7", steps: bool = True, answer_line: 
     (260, 0.5),                        # above 2x: the penalty is capped
 ])
 def test_paper_rewrite_ratio_boundaries(words, expected):
-    assert s3.paper_rewrite(response_of(words), teacher_record(100)) == pytest.approx(expected)
+    assert s3.paper_rewrite(C(response_of(words)), teacher_record(100)) == pytest.approx(expected)
 
 
 def test_paper_rewrite_wrong_and_missing_structure():
     teacher = teacher_record(100)
-    assert s3.paper_rewrite(response_of(50, answer="8"), teacher) == -2.0      # wrong beats short
-    assert s3.paper_rewrite(response_of(250, answer="8"), teacher) == -2.0
-    assert s3.paper_rewrite(response_of(50, steps=False), teacher) == -1.0     # no `Step k:`
-    assert s3.paper_rewrite(response_of(50, answer_line=False), teacher) == -1.0  # right number, no `Answer:`
-    assert s3.paper_rewrite("", teacher) == -2.0
+    assert s3.paper_rewrite(C(response_of(50, answer="8")), teacher) == -2.0      # wrong beats short
+    assert s3.paper_rewrite(C(response_of(250, answer="8")), teacher) == -2.0
+    assert s3.paper_rewrite(C(response_of(50, steps=False)), teacher) == -1.0     # no `Step k:`
+    assert s3.paper_rewrite(C(response_of(50, answer_line=False)), teacher) == -1.0  # right number, no `Answer:`
+    assert s3.paper_rewrite(C(""), teacher) == -2.0
 
 
 def test_words_after_the_answer_line_do_not_count():
     teacher = teacher_record(100)
     short = response_of(50)
-    assert s3.paper_rewrite(short + "\nQuestion: " + "y " * 300, teacher) == pytest.approx(1.5)
-    assert s3.paper_rewrite(short + "\n" + "y " * 300, teacher) == pytest.approx(1.5)
+    assert s3.paper_rewrite(C(short + "\nQuestion: " + "y " * 300), teacher) == pytest.approx(1.5)
+    assert s3.paper_rewrite(C(short + "\n" + "y " * 300), teacher) == pytest.approx(1.5)
 
 
 def test_alternative_rewards():
     teacher = teacher_record(100)
-    assert s3.rewrite_linear(response_of(100), teacher) == pytest.approx(1.0)
-    assert s3.rewrite_linear(response_of(90), teacher) == pytest.approx(1.1)  # no flat zone
-    assert s3.rewrite_linear(response_of(10), teacher) == pytest.approx(1.8)
-    assert s3.rewrite_linear(response_of(300), teacher) == pytest.approx(0.5)
-    assert s3.rewrite_linear(response_of(50, answer="8"), teacher) == -2.0
-    assert s3.REWARDS["correct"](response_of(300), teacher) == 1.0      # stage 2's, by name
-    assert s3.REWARDS["correct"](response_of(30, answer="8"), teacher) == 0.0
-    parts = {}
-    s3.paper_rewrite(response_of(50), teacher, parts=parts)
-    assert parts == {"correct": 1.0, "format": 1.0, "ratio": 0.5, "words": 50.0}
+    assert s3.rewrite_linear(C(response_of(100)), teacher) == pytest.approx(1.0)
+    assert s3.rewrite_linear(C(response_of(90)), teacher) == pytest.approx(1.1)  # no flat zone
+    assert s3.rewrite_linear(C(response_of(10)), teacher) == pytest.approx(1.8)
+    assert s3.rewrite_linear(C(response_of(300)), teacher) == pytest.approx(0.5)
+    assert s3.rewrite_linear(C(response_of(50, answer="8")), teacher) == -2.0
+    assert s3.REWARDS["correct"](C(response_of(300)), teacher) == 1.0      # stage 2's, by name
+    assert s3.REWARDS["correct"](C(response_of(30, answer="8")), teacher) == 0.0
+    completion = C(response_of(50))
+    s3.paper_rewrite(completion, teacher)
+    assert completion.parts == {"correct": 1.0, "format": 1.0, "ratio": 0.5, "words": 50.0}
 
 
 # -----------------------------------------------------------------------------
