@@ -792,6 +792,43 @@ def load_policy(cfg: GRPOConfig, dist, out: Path, run_config: dict):
     return model, ref, tokenizer, optimizer, start_step
 
 
+def check_grpo_config(cfg: GRPOConfig, examples: Sequence[Any]):
+    """What argparse cannot check alone, for train_grpo's callers that build a GRPOConfig in code."""
+    if not examples:
+        raise ValueError("train_grpo: no examples")
+    if cfg.group_size < 2:
+        raise ValueError(f"--group-size {cfg.group_size}: GRPO needs at least 2 completions per prompt")
+    if cfg.loss_agg not in LOSS_AGGREGATIONS:
+        raise ValueError(f"--loss-agg {cfg.loss_agg!r}: expected one of {LOSS_AGGREGATIONS}")
+    if cfg.lr_schedule not in ("linear", "constant"):
+        raise ValueError(f"--lr-schedule {cfg.lr_schedule!r}: expected linear or constant")
+    refuse_16bit_full_finetuning(cfg.dtype, cfg.lora_rank)  # trained weights stay float32
+
+
+def step_prompts(examples, build_prompt, tokenizer, cfg: GRPOConfig, dist, step: int):
+    """This process's share of step `step`'s prompts (whole groups): their examples, the token
+    ids to sample from and the token ids the loss conditions on. A prompt's random masks are a
+    function of the step, so a resumed run continues exactly."""
+    picks = dist.shard(step_examples(len(examples), cfg.prompts_per_step, step, cfg.seed))
+    chosen = [examples[i] for _, i in picks]
+    texts = [build_prompt(ex, random.Random(f"{cfg.seed}:prompt:{epoch}:{i}")) for ex, (epoch, i) in zip(chosen, picks)]
+    pairs = [text if isinstance(text, tuple) else (text, text) for text in texts]
+    prompt_ids = tokenizer.encode_batch([sample for sample, _ in pairs])
+    same = all(sample == loss for sample, loss in pairs)   # stage 2: one prompt, encoded once
+    loss_ids = prompt_ids if same else tokenizer.encode_batch([loss for _, loss in pairs])
+    return chosen, prompt_ids, loss_ids
+
+
+def check_same_weights(model, dist, desc: str) -> str:
+    """Under torchrun every process must end with the same weights (the one checkpoint rank 0
+    wrote); a mismatch means the gradients were not averaged and the run is wrong, so say so."""
+    checksum = weights_checksum(model)
+    print(f"{desc} rank {dist.rank}: weights sha256 {checksum}", flush=True)
+    if len(set(dist.gather(checksum))) != 1:
+        raise RuntimeError(f"{desc}: the processes ended with different weights")
+    return checksum
+
+
 def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                build_prompt: Callable[[Any, random.Random], str | tuple[str, str]], reward_fn: RewardFn,
                desc: str = "grpo", options: dict | None = None) -> dict:
@@ -807,22 +844,13 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
     options: the whole command line (vars(args)), when the caller has more options than
     GRPOConfig (the data, the reward); they are saved with each checkpoint and --resume refuses
     to continue when one of them changed (MAY_CHANGE_ON_RESUME excepted)."""
-
     cfg = config if isinstance(config, GRPOConfig) else GRPOConfig.from_args(config)
-    if not examples:
-        raise ValueError("train_grpo: no examples")
-    if cfg.group_size < 2:
-        raise ValueError(f"--group-size {cfg.group_size}: GRPO needs at least 2 completions per prompt")
-    if cfg.loss_agg not in LOSS_AGGREGATIONS:
-        raise ValueError(f"--loss-agg {cfg.loss_agg!r}: expected one of {LOSS_AGGREGATIONS}")
-    if cfg.lr_schedule not in ("linear", "constant"):
-        raise ValueError(f"--lr-schedule {cfg.lr_schedule!r}: expected linear or constant")
-    refuse_16bit_full_finetuning(cfg.dtype, cfg.lora_rank)  # trained weights stay float32
+    check_grpo_config(cfg, examples)
     owns_process_group = not torch.distributed.is_initialized()
     dist = distributed.setup(cfg.device)
     if cfg.prompts_per_step < dist.world_size:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} is smaller than the {dist.world_size} processes")
-    device, out = dist.device, Path(cfg.out)
+    out = Path(cfg.out)
     resume.refuse_existing_run(out, cfg.resume)
     cli.on_interrupt(lambda: resume.how_to_continue(out))  # Ctrl-C says what --resume will do
     torch.manual_seed(cfg.seed)
@@ -834,30 +862,20 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
     steps_per_epoch = math.ceil(len(examples) / cfg.prompts_per_step)
     max_steps = cfg.max_steps if cfg.max_steps is not None else max(1, round(cfg.epochs * steps_per_epoch))
     stop_fn = should_stop if cfg.stop == "answer" else None
-
-    # metrics.jsonl keeps the steps before the resume point, so a resumed run reads as one run
     metrics_path = out / "metrics.jsonl"
-    if dist.is_main:
+    if dist.is_main:   # keep the steps before the resume point, so a resumed run reads as one run
         resume.truncate_metrics(metrics_path, start_step)
+
+    # 2. the steps: prompts, sampling and learning rate are functions of the step number, so a
+    #    resumed run continues exactly; each step writes its line of metrics.jsonl and, every
+    #    --save-every steps, a checkpoint
     history: list[dict] = []
     bar = tqdm(range(start_step, max_steps), initial=start_step, total=max_steps, desc=desc,
                disable=cfg.quiet or not dist.is_main, dynamic_ncols=True)
     for step in bar:
-        # 2. this step's prompts (each process takes its share, whole groups); a prompt's random
-        #    masks, its sampling and the learning rate are functions of the step, so a resumed run
-        #    continues exactly
-        picks = dist.shard(step_examples(len(examples), cfg.prompts_per_step, step, cfg.seed))
-        chosen = [examples[i] for _, i in picks]
-        seeds = [f"{cfg.seed}:prompt:{epoch}:{i}" for epoch, i in picks]
-        texts = [build_prompt(ex, random.Random(s)) for ex, s in zip(chosen, seeds)]
-        pairs = [text if isinstance(text, tuple) else (text, text) for text in texts]
-        prompt_ids = tokenizer.encode_batch([sample for sample, _ in pairs])
-        same = all(sample == loss for sample, loss in pairs)   # stage 2: one prompt, encoded once
-        loss_ids = prompt_ids if same else tokenizer.encode_batch([loss for _, loss in pairs])
-        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
+        chosen, prompt_ids, loss_ids = step_prompts(examples, build_prompt, tokenizer, cfg, dist, step)
+        generator = torch.Generator(device=dist.device).manual_seed(cfg.seed * 1_000_003 + step * 1009 + dist.rank)
         lr = learning_rate(cfg, step, max_steps)
-
-        # 3. the step, then its line of metrics.jsonl and, every --save-every steps, a checkpoint
         sums, info = grpo_step(model, ref, optimizer, tokenizer, cfg, dist, prompt_ids, loss_ids, chosen,
                                reward_fn, generator, lr, stop_fn)
         record = step_metrics(sums, info, dist, cfg, step, steps_per_epoch, lr)
@@ -873,19 +891,13 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
         dist.barrier()
     bar.close()
 
-    # 4. the final checkpoint, beside metrics.jsonl
+    # 3. the final checkpoint, beside metrics.jsonl
     if dist.is_main:
         resume.save_final(model, out, tokenizer.folder)
     dist.barrier()
     summary = {"steps": max_steps, "out": str(out)}
-    # under torchrun every process must end with the same weights (the one checkpoint rank 0
-    # wrote); a mismatch means the gradients were not averaged and the run is wrong, so say so
-    # (one process has nothing to compare and skips hashing the whole model)
-    if dist.enabled:
-        summary["weights_sha256"] = weights_checksum(model)
-        print(f"{desc} rank {dist.rank}: weights sha256 {summary['weights_sha256']}", flush=True)
-        if len(set(dist.gather(summary["weights_sha256"]))) != 1:
-            raise RuntimeError(f"{desc}: the processes ended with different weights")
+    if dist.enabled:   # one process has nothing to compare and skips hashing the whole model
+        summary["weights_sha256"] = check_same_weights(model, dist, desc)
     if history:
         first, last = history[0], history[-1]
         summary.update(first_reward=first["reward"], last_reward=last["reward"],
