@@ -378,6 +378,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def within_window(max_length: int, model, say: bool) -> int:
+    """--max-length, or the model's context window where that is shorter: positions past the
+    window would train garbage rotary angles, silently."""
+    window = model.config.max_position_embeddings
+    if max_length <= window:
+        return max_length
+    if say:
+        print(f"stage 1: --max-length {max_length} is past the model's context window; "
+              f"sequences are cut at {window} tokens (max_position_embeddings in config.json)")
+    return window
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     refuse_16bit_full_finetuning(args.dtype, args.lora_rank)  # trained weights stay float32
@@ -401,14 +413,7 @@ def main(argv=None) -> dict:
         resume.check_config(state["args"], vars(args), MAY_CHANGE_ON_RESUME, checkpoint, ADDED_LATER)
     model, params, optimizer, start = load_for_training(args, checkpoint, tensors, state, dist_ctx)
     tokenizer = load_tokenizer(args.model)  # its folder stays put while old checkpoints are deleted
-    window = model.config.max_position_embeddings
-    if args.max_length > window:  # positions past the window train garbage rotary angles, silently
-        if dist_ctx.is_main:
-            print(f"stage 1: --max-length {args.max_length} is past the model's context window; "
-                  f"sequences are cut at {window} tokens (max_position_embeddings in config.json)")
-        max_length = window
-    else:
-        max_length = args.max_length
+    max_length = within_window(args.max_length, model, dist_ctx.is_main)
     autocast = device.type == "cuda" and model.dtype == torch.float32
 
     def checkpoint_now(step: int):  # every process takes part (its RNG state is saved too)
