@@ -2,6 +2,7 @@
 import json
 import random
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -98,6 +99,14 @@ def test_lr_warms_up_then_decays_to_zero():
 
 # -----------------------------------------------------------------------------
 # The loss
+
+
+def test_max_length_is_cut_to_the_context_window(capsys):
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=64))
+    assert s1.within_window(48, model, say=True) == 48 and capsys.readouterr().out == ""
+    assert s1.within_window(2048, model, say=True) == 64
+    assert "cut at 64 tokens" in capsys.readouterr().out
+    assert s1.within_window(2048, model, say=False) == 64 and capsys.readouterr().out == ""   # other ranks
 
 
 def test_loss_covers_target_tokens_only(tiny_qwen_checkpoint):
