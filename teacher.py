@@ -45,6 +45,8 @@ from pathlib import Path
 import cli
 from eval import extract_answer, is_correct, parse_gold, to_number
 from cli import nonnegative_float, nonnegative_int, nucleus, positive_int, row_slice, rows_option
+# torch-side modules are imported in generate_main, the one function that runs a model, so the
+# data half (reading and converting rationales) loads without torch, as eval.py's does.
 
 HUB_GSM8K = "openai/gsm8k"
 

@@ -54,6 +54,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cli
+# torch and the stages are imported inside the functions that need them, so importing this file
+# and `python tiny_world.py table RUN` (the runner's last command) do without torch; building a
+# world loads it.
 
 # -----------------------------------------------------------------------------
 # 1. Presets: how big a world, how long the base model trains

@@ -2,11 +2,12 @@
 import json
 import random
 import re
+import subprocess
 import sys
 
 import pytest
 
-from conftest import GSM8K_TEST
+from conftest import GSM8K_TEST, ROOT
 from eval import (ANSWER_LINE, build_prompt, extract_answer, is_correct, load_gsm8k, main, parse_gold, should_stop,
                   wilson_interval)
 
@@ -124,3 +125,12 @@ def test_eval_cli_end_to_end(tiny_qwen_checkpoint, tmp_path, capsys):
         assert s["prediction"] == extract_answer(s["completion"])
         assert s["correct"] == is_correct(s["prediction"], s["gold"])
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_the_data_modules_import_without_torch():
+    """eval.py, teacher.py and tiny_world.py import torch only inside the functions that run a
+    model, so reading data, grading and the results table do not pay for loading it."""
+    code = ("import sys, eval, teacher, tiny_world\n"
+            "print(sorted(m for m in ('torch', 'model', 'generate') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
