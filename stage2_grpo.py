@@ -134,9 +134,10 @@ def prompt_builder(kind: str = "masked", mask_answer_steps: bool = False) -> Cal
 # `completion` is what the policy wrote (a Completion: its text, token count, the token limit and
 # whether the limit cut it); `example` has .answer (the gold number as a string) and .steps (the
 # teacher's steps). A reward that wants its components logged writes them into completion.parts,
-# which metrics.jsonl shows as reward_<key>; the loop logs accuracy (parts["correct"]) with eval's
-# own grading unless the reward sets it. A reward's own options (paper's words_per_step,
-# overlong's buffer) are keyword arguments that main binds with functools.partial.
+# which metrics.jsonl shows as reward_<key>; the loop logs accuracy (parts["correct"], eval's
+# grading) and format (parts["format"], well_formed) unless the reward sets them. A reward's own
+# options (paper's words_per_step, overlong's buffer) are keyword arguments that main binds with
+# functools.partial.
 
 
 @dataclass
@@ -610,9 +611,9 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
     rewards = torch.tensor([float(reward_fn(c, examples[row // G])) for row, c in enumerate(scored)],
                            dtype=torch.float32)
     parts = [c.parts for c in scored]
-    for row, part in enumerate(parts):  # accuracy is logged whatever the reward is
-        gold = getattr(examples[row // G], "answer", None)
-        if "correct" not in part and gold is not None:
+    for row, part in enumerate(parts):  # accuracy and format are logged whatever the reward is
+        part.setdefault("format", float(well_formed(answer_part(ro.texts[row]))))
+        if "correct" not in part and getattr(examples[row // G], "answer", None) is not None:
             part["correct"] = float(_correct(ro.texts[row], examples[row // G]))
     advantages, zero_var = group_advantages(rewards, G, std_scale=cfg.std_scale)
     rows = [r for r in range(len(ro.texts))

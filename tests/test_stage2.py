@@ -394,7 +394,7 @@ def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypa
 
 def test_a_reward_is_a_function_of_completion_and_example(tiny_world, tmp_path):
     """`def reward(completion, example) -> float` is enough; the loop still logs accuracy (eval's
-    grading), and what it hands the reward is the completion's text, tokens, limit and cut."""
+    grading) and format, and what it hands the reward is the completion's text, tokens, limit and cut."""
     seen = []
 
     def longer(completion, example):
@@ -406,6 +406,8 @@ def test_a_reward_is_a_function_of_completion_and_example(tiny_world, tmp_path):
     s2.train_grpo(config, examples, s2.prompt_builder("plain"), longer)
     rows = metrics(tmp_path / "run")
     assert len(seen) == 2 * 2 * 2 and all(r["accuracy"] is not None for r in rows)
+    formatted = sum(s2.well_formed(s2.answer_part(c.text)) for _, c in seen)
+    assert sum(r["reward_format"] * 4 for r in rows) == pytest.approx(formatted)   # 4 completions a step
     assert all(c.max_new_tokens == 16 and 1 <= c.num_tokens <= 16 for _, c in seen)
     assert all(c.num_tokens == 16 for _, c in seen if c.truncated)     # only the limit cuts
     assert sum(c.truncated for _, c in seen) == round(sum(r["truncated"] * 4 for r in rows))

@@ -95,7 +95,6 @@ def test_generated_arithmetic_is_right():
         assert len(concise.split()) < len(tw.format_steps(tw.teacher_steps(rng, p), p.answer).split())
 
 
-
 def test_teacher_checks_repeat_a_calculation_and_change_nothing_else():
     """--teacher-checks: each calculation is followed, with that probability, by a step that does
     it again; at 0 the teacher draws no extra random number, so a world is what it was before."""
