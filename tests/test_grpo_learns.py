@@ -14,15 +14,14 @@ from eval import extract_answer
 from teacher import load_teacher_data
 
 
-def brevity(completion: str, example, parts: dict | None = None, **info) -> float:
+def brevity(completion: s2.Completion, example) -> float:
     """r = -words/50 when the completion ends in an answer line, else -2 (a reward written the
     way a reader would write one: a plain function of the completion)."""
-    answered = extract_answer(completion) is not None and "Answer:" in completion
-    if parts is not None:
-        parts["correct"] = float(s2._correct(completion, example))
-        parts["answered"] = float(answered)
-        parts["words"] = len(completion.split())
-    return -len(completion.split()) / 50 if answered else -2.0
+    text = completion.text
+    answered = extract_answer(text) is not None and "Answer:" in text
+    completion.parts.update(correct=float(s2._correct(text, example)), answered=float(answered),
+                            words=len(text.split()))
+    return -len(text.split()) / 50 if answered else -2.0
 
 
 def test_grpo_raises_a_length_reward_and_keeps_the_answer_format(tiny_world, tmp_path):
