@@ -612,7 +612,8 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
                            dtype=torch.float32)
     parts = [c.parts for c in scored]
     for row, part in enumerate(parts):  # accuracy and format are logged whatever the reward is
-        part.setdefault("format", float(well_formed(answer_part(ro.texts[row]))))
+        if "format" not in part:
+            part["format"] = float(well_formed(answer_part(ro.texts[row])))
         if "correct" not in part and getattr(examples[row // G], "answer", None) is not None:
             part["correct"] = float(_correct(ro.texts[row], examples[row // G]))
     advantages, zero_var = group_advantages(rewards, G, std_scale=cfg.std_scale)

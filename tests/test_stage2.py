@@ -170,7 +170,7 @@ def test_paper_reward_uses_words_per_step():
 def test_correct_only_reward():
     ex = example(3)
     assert s2.reward_correct(s2.Completion("Step 1: 9 + 9\nFinal Answer: 18"), ex) == 1.0
-    assert s2.reward_correct(s2.Completion("Final Answer: 18.0"), ex) == 1.0            # numbers compared as numbers
+    assert s2.reward_correct(s2.Completion("Final Answer: 18.0"), ex) == 1.0  # numbers compared as numbers
     assert s2.reward_correct(s2.Completion("Final Answer: 19"), ex) == 0.0
     assert s2.reward_correct(s2.Completion("no number at all"), ex) == 0.0
 
@@ -400,6 +400,7 @@ def test_a_reward_is_a_function_of_completion_and_example(tiny_world, tmp_path):
     def longer(completion, example):
         seen.append((example.answer, completion))
         return float(len(completion.text))
+
     config = s2.GRPOConfig(model=str(tiny_world.base_model), out=str(tmp_path / "run"), group_size=2,
                            prompts_per_step=2, max_steps=2, max_new_tokens=16, save_every=0, quiet=True)
     examples = load_teacher_data(str(tiny_world.teacher), rows=slice(0, 8))
