@@ -31,7 +31,7 @@ import tempfile
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Callable, Container, Iterator
+from typing import TYPE_CHECKING, Callable, Container, Iterator
 
 import cli
 from cli import positive_int, write_atomic
@@ -39,6 +39,8 @@ from cli import positive_int, write_atomic
 # half of this file (prompt, stop rule, grading, loading) is what teacher.py and tiny_world.py
 # import, and without torch it loads in 0.06 s where torch alone takes ~1.9 s on a 2-core VM
 # (tests/test_eval.py::test_the_data_modules_import_without_torch).
+if TYPE_CHECKING:   # for the annotations only
+    from generate import Generation
 
 # -----------------------------------------------------------------------------
 # The prompt and the stop rule
