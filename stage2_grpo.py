@@ -53,6 +53,8 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.util
+import inspect
 import json
 import math
 import os
@@ -136,8 +138,9 @@ def prompt_builder(kind: str = "masked", mask_answer_steps: bool = False) -> Cal
 # teacher's steps). A reward that wants its components logged writes them into completion.parts,
 # which metrics.jsonl shows as reward_<key>; the loop logs accuracy (parts["correct"], eval's
 # grading) and format (parts["format"], well_formed) unless the reward sets them. A reward's own
-# options (paper's words_per_step, overlong's buffer) are keyword arguments that main binds with
-# functools.partial.
+# options are its keyword parameters after (completion, example), each with a default
+# (paper's words_per_step, overlong's overlong_buffer); `--reward-option NAME=VALUE` sets one
+# (section 6 checks and binds them once, at start-up).
 
 
 @dataclass
@@ -262,6 +265,9 @@ def reward_cosine(completion: Completion, example) -> float:
 RewardFn = Callable[[Completion, Any], float]
 
 
+# The one registry of rewards, by the name --reward takes, for every stage that takes rewards:
+# stage 3 adds its rewriting rewards to it (stage3_rewrite.py), and a reward kept in a file of
+# one's own needs no entry (`--reward FILE.py:FUNCTION`, load_reward).
 REWARDS: dict[str, RewardFn] = {
     "paper": reward_paper,
     "correct": reward_correct,
@@ -913,33 +919,95 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
 # 6. Command line
 
 
-def add_reward_arguments(group, rewards: dict[str, RewardFn], default: str):
-    """--reward and the rewards' own options (stage 3 shares them; reward_with_options binds them)."""
-    group.add_argument("--reward", default=default, choices=sorted(rewards), help="the reward, by name")
+def add_reward_arguments(group, default: str):
+    """--reward and the reward's options (stages 2 and 3; reward_from_args reads them)."""
+    group.add_argument("--reward", default=default,
+                       help=f"the reward: one of {', '.join(sorted(REWARDS))}, or FILE.py:FUNCTION for a "
+                            f"reward in a file of your own")
+    group.add_argument("--reward-option", action="append", default=[], metavar="NAME=VALUE",
+                       help="set one of the reward's keyword parameters (repeatable), e.g. words_per_step=20 "
+                            "(default: none, each keeps its default)")
     group.add_argument("--words-per-step", type=positive_float, default=None,
-                       help="paper reward: B = this * teacher steps (None: 35 scaled to the teacher data's words "
-                            "per step, see calibrated_words_per_step; the value used is printed)")
-    group.add_argument("--overlong-buffer", type=positive_int, default=64,
-                       help="overlong reward: tokens before the limit where the penalty starts")
+                       help="words_per_step of a reward that takes it, as paper: B = this * teacher steps (None: 35 "
+                            "scaled to the teacher data's words per step, see calibrated_words_per_step; printed)")
+    group.add_argument("--overlong-buffer", type=positive_int, default=None,
+                       help="overlong_buffer of a reward that takes it, as overlong: tokens before the limit where "
+                            "the penalty starts (None: the reward's default, 64)")
 
 
-def reward_with_options(args, rewards: dict[str, RewardFn], examples: Sequence[Any], desc: str) -> RewardFn:
-    """rewards[args.reward] with its options bound (functools.partial): `paper` takes
-    --words-per-step (when not given, calibrated to `examples` and printed), `overlong`
-    --overlong-buffer; every other reward is (completion, example) alone."""
-    reward = rewards[args.reward]
-    if args.reward == "overlong":
-        return functools.partial(reward, overlong_buffer=args.overlong_buffer)
-    if args.reward != "paper":
-        return reward
-    words_per_step = args.words_per_step
-    if words_per_step is None:
-        words_per_step = calibrated_words_per_step(examples)
+def load_reward(spec: str) -> RewardFn:
+    """The reward --reward names: a name in REWARDS, or FILE.py:FUNCTION, a function in a file of
+    one's own (loaded as a module; it may import this file for Completion, answer_part, ...)."""
+    if spec in REWARDS:
+        return REWARDS[spec]
+    path, _, name = spec.rpartition(":")
+    if not path.endswith(".py") or not name:
+        raise cli.UsageError(f"--reward {spec}: not a registered reward ({', '.join(sorted(REWARDS))}) "
+                             f"nor FILE.py:FUNCTION")
+    if not Path(path).is_file():
+        raise cli.UsageError(f"--reward {spec}: {path}: no such file")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    reward = getattr(module, name, None)
+    if not callable(reward):
+        raise cli.UsageError(f"--reward {spec}: {path} defines no function {name}")
+    return reward
+
+
+def reward_options(reward: RewardFn) -> dict[str, Any]:
+    """A reward's own options: its parameters after (completion, example), with their defaults."""
+    params = list(inspect.signature(reward).parameters.values())[2:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def option_value(text: str, default: Any) -> Any:
+    """A --reward-option value as its default's type (text when the default is None)."""
+    if isinstance(default, bool):   # bool("false") would be True
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1")
+    return text if default is None else type(default)(text)
+
+
+def reward_from_args(args) -> tuple[RewardFn, dict[str, Any]]:
+    """The reward --reward names and the options given for it, each checked against the reward's
+    keyword parameters and converted to its default's type: --reward-option NAME=VALUE, and
+    --words-per-step / --overlong-buffer for a reward that takes words_per_step / overlong_buffer
+    (ignored by one that does not, so a run script can pass them whatever the reward). Called
+    before any work, so a typo costs nothing."""
+    reward, name = load_reward(args.reward), args.reward
+    known = reward_options(reward)
+    options: dict[str, Any] = {}
+    for item in args.reward_option:
+        key, sep, text = item.partition("=")
+        if not sep or key not in known:
+            raise cli.UsageError(f"--reward-option {item}: reward {name} has no option {key!r} (its options: "
+                                 f"{', '.join(known) or 'none'}; expected NAME=VALUE)")
+        try:
+            options[key] = option_value(text, known[key])
+        except ValueError:
+            raise cli.UsageError(f"--reward-option {item}: reward {name} expects {key} as "
+                                 f"{type(known[key]).__name__}, like its default {known[key]!r}") from None
+    for key in ("words_per_step", "overlong_buffer"):
+        if getattr(args, key) is not None and key in known:
+            if key in options:
+                raise cli.UsageError(f"--reward-option {key}: given twice, also as --{key.replace('_', '-')}")
+            options[key] = getattr(args, key)
+    return reward, options
+
+
+def bind_reward(reward: RewardFn, options: dict[str, Any], examples: Sequence[Any], desc: str) -> RewardFn:
+    """The reward with its options bound (functools.partial). A reward that takes words_per_step
+    and was not given one gets the paper's 35 calibrated to `examples` (printed once)."""
+    options = dict(options)
+    if "words_per_step" in reward_options(reward) and "words_per_step" not in options:
+        options["words_per_step"] = calibrated_words_per_step(examples)
         words = sum(len(e.rationale.split()) for e in examples) / max(sum(len(e.steps) for e in examples), 1)
         if os.environ.get("RANK", "0") == "0":   # once under torchrun
-            print(f"{desc}: --words-per-step {words_per_step:g} (35 x {words:.1f} teacher words per step "
-                  f"/ {R1_WORDS_PER_STEP:g}, the authors' R1 rationales; pass --words-per-step to override)")
-    return functools.partial(reward, words_per_step=words_per_step)
+            print(f"{desc}: --words-per-step {options['words_per_step']:g} (35 x {words:.1f} teacher words per "
+                  f"step / {R1_WORDS_PER_STEP:g}, the authors' R1 rationales; pass --words-per-step to override)")
+    return functools.partial(reward, **options) if options else reward
 
 
 def main(argv=None) -> dict:
@@ -947,7 +1015,7 @@ def main(argv=None) -> dict:
     add_grpo_arguments(parser)
     g = parser.add_argument_group("stage 2 data and reward")
     add_teacher_arguments(g, rows="2000:4000")   # the authors' stage-2 rows
-    add_reward_arguments(g, REWARDS, default="paper")
+    add_reward_arguments(g, default="paper")
     g.add_argument("--mask-answer-steps", action="store_true",
                    help="always mask the teacher steps that state the gold answer, so the prompt never gives "
                         "it away (the paper masks at random; see mask_steps)")
@@ -955,9 +1023,10 @@ def main(argv=None) -> dict:
                    help="masked: the question with the teacher's steps, some masked (BRIDGE); plain: eval.py's "
                         "prompt alone, i.e. GRPO without a curriculum (a baseline)")
     args = parser.parse_args(argv)
+    reward, reward_opts = reward_from_args(args)
 
     examples = load_from_args(args)
-    reward_fn = reward_with_options(args, REWARDS, examples, desc="stage 2")
+    reward_fn = bind_reward(reward, reward_opts, examples, desc="stage 2")
     prompt_fn = prompt_builder(args.prompt, args.mask_answer_steps)
     summary = train_grpo(GRPOConfig.from_args(args), examples, prompt_fn, reward_fn, desc="stage2", options=vars(args))
     if "last_reward" in summary:

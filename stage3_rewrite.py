@@ -18,8 +18,9 @@ The pieces, in the order this file defines them:
                         attempts), and `--failures PATH` reuses one instead of mining.
   2. the prompt       - the question and the teacher's full rationale, with the instruction to
                         rewrite it step by step, shorter, same answer, ending in `Final Answer: N`.
-  3. rewards          - `paper_rewrite`, the ratio reward of PAPER.md, and alternatives by name
-                        (stage 2's too, with stage 2's options: --words-per-step, --overlong-buffer).
+  3. rewards          - `paper_rewrite`, the ratio reward of PAPER.md, and alternatives by name,
+                        registered in stage 2's registry, so stage 2's rewards (and options) are
+                        offered here too.
   4. GRPO             - imported from stage2_grpo.py: the same loop, options, metrics.jsonl,
                         checkpoints and --resume. Only the prompts and the reward are this file's.
 
@@ -177,9 +178,9 @@ def build_rewrite_prompt(question: str, rationale: str) -> str:
 #
 # The contract is stage 2's (stage2_grpo.py, section 2): `completion` a stage2.Completion (text,
 # token count, limit, truncated, and `parts` for the components metrics.jsonl logs), `example` a
-# Failure (or any teacher record). Stage 2's rewards are offered too, with stage 2's options
-# (stage2.add_reward_arguments): `paper` judges a rewrite as stage 2 judges a completion, its
-# budget B = words_per_step * the teacher's steps.
+# Failure (or any teacher record). The registry is stage 2's too, and so are its options
+# (--reward-option, --words-per-step, --overlong-buffer): `paper` judges a rewrite as stage 2
+# judges a completion, its budget B = words_per_step * the teacher's steps.
 
 
 def word_count(text: str) -> int:
@@ -244,15 +245,12 @@ def rewrite_linear(completion: stage2.Completion, example) -> float:
     return 1.0 + min(max(1.0 - ratio, -0.5), 0.8)
 
 
-REWARDS: dict[str, stage2.RewardFn] = {
-    "paper_rewrite": paper_rewrite,
-    "rewrite_linear": rewrite_linear,
-    # stage 2's: its hierarchical length reward, correctness alone, DAPO's overlong penalty, cosine length
-    "paper": stage2.reward_paper,
-    "correct": stage2.reward_correct,
-    "overlong": stage2.reward_overlong,
-    "cosine": stage2.reward_cosine,
-}
+# Registered in the one registry, stage 2's, which offers stage 2's rewards here too (its
+# hierarchical length reward, correctness alone, DAPO's overlong penalty, cosine length) and any
+# reward added to it. (REWARDS is that registry under this file's name.)
+REWARDS = stage2.REWARDS
+REWARDS["paper_rewrite"] = paper_rewrite
+REWARDS["rewrite_linear"] = rewrite_linear
 
 
 # -----------------------------------------------------------------------------
@@ -314,7 +312,7 @@ def main(argv=None) -> dict:
     g.add_argument("--mine-max-new-tokens", type=positive_int, default=512, help="as eval.py")
     g.add_argument("--mine-batch-size", type=positive_int, default=32, help="sequences per generate call")
     g = parser.add_argument_group("stage 3: prompt and reward")
-    stage2.add_reward_arguments(g, REWARDS, default="paper_rewrite")
+    stage2.add_reward_arguments(g, default="paper_rewrite")
     g.add_argument("--policy-prompt", default="eval", choices=POLICY_PROMPTS,
                    help="the prompt each sampled rewrite is scored under in the loss: the plain "
                         "evaluation prompt, or the rewriting prompt it was sampled from (see the docstring)")
@@ -324,6 +322,7 @@ def main(argv=None) -> dict:
     if args.failure_threshold > args.attempts:  # a bad threshold fails before any work
         parser.error(f"argument --failure-threshold: expected an integer in [1, --attempts = {args.attempts}], "
                      f"got {args.failure_threshold}")
+    reward, reward_opts = stage2.reward_from_args(args)   # so does a bad reward or option
 
     dist = distributed.setup(args.device)
     out = Path(args.out)
@@ -350,7 +349,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"stage 3: no persistent failures to train on ({note})")
 
     # 2. GRPO on the rewriting prompts, with the chosen reward and the chosen loss prompt
-    reward_fn = stage2.reward_with_options(args, REWARDS, failures, desc="stage 3")
+    reward_fn = stage2.bind_reward(reward, reward_opts, failures, desc="stage 3")
     prompt_of = rewrite_then_eval_prompt_of if args.policy_prompt == "eval" else rewrite_prompt_of
     summary = stage2.train_grpo(stage2.GRPOConfig.from_args(args), failures, prompt_of, reward_fn, desc="stage3",
                                 options=vars(args))  # saved with each checkpoint; --resume checks them

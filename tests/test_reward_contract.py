@@ -1,0 +1,176 @@
+"""The reward contract as someone who changes rewards meets it (issue 27): one registry serves
+stages 2 and 3, a reward's options are its own keyword parameters, a reward may live in a file of
+one's own, a reward that is not a finite number is refused, and the metrics add up whatever keys
+each process's rewards logged."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import cli
+import stage2_grpo as s2
+import stage3_rewrite as s3
+from conftest import ROOT
+from teacher import TeacherExample, load_teacher_data
+
+RECORDS = [{"question": f"Tom has {n} apples and buys 2 more. How many now?", "answer": str(n + 2),
+            "rationale": f"Step 1: Tom has {n} apples.\nStep 2: {n} + 2 = {n + 2}.\nAnswer: {n + 2}",
+            "steps": [f"Tom has {n} apples.", f"{n} + 2 = {n + 2}."]} for n in range(3, 7)]
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "teacher.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return path
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """What each stage would train with: train_grpo is replaced by a recorder (no model is loaded)."""
+    record = {}
+
+    def fake_train(config, examples, build_prompt, reward_fn, desc="", **more):
+        record.update(config=config, examples=examples, reward_fn=reward_fn)
+        return {"steps": 0, "out": config.out}
+
+    monkeypatch.setattr(s2, "train_grpo", fake_train)
+    return record
+
+
+def stage2(data, tmp_path, *extra):
+    return s2.main(["--model", "m", "--out", str(tmp_path / "s2"), "--teacher-data", str(data), "--rows", ":",
+                    "--device", "cpu", *extra])
+
+
+def stage3(data, tmp_path, *extra):
+    return s3.main(["--model", "m", "--out", str(tmp_path / "s3"), "--failures", str(data), "--device", "cpu", *extra])
+
+
+def brevity(completion, example):
+    """-(words in the completion)"""
+    return -float(len(completion.text.split()))
+
+
+def scaled(completion, example, scale: float = 1.0, offset: int = 0, negate: bool = False):
+    """(-1 if negate else 1) * scale * words + offset"""
+    return (-1 if negate else 1) * scale * len(completion.text.split()) + offset
+
+
+def budgeted(completion, example, words_per_step: float = 35.0, overlong_buffer: int = 64):
+    """words_per_step + overlong_buffer (a reward with the paper's and DAPO's option names)"""
+    return words_per_step + overlong_buffer
+
+
+# -----------------------------------------------------------------------------
+# 1. One registry
+
+
+def test_one_registry_serves_both_stages(monkeypatch, seen, data, tmp_path):
+    monkeypatch.setitem(s2.REWARDS, "brevity", brevity)   # added where stage 2's rewards are
+    stage2(data, tmp_path, "--reward", "brevity")
+    assert seen["reward_fn"] is brevity
+    stage3(data, tmp_path, "--reward", "brevity")         # ...and stage 3 offers it
+    assert seen["reward_fn"] is brevity
+    assert s3.REWARDS is s2.REWARDS and {"paper_rewrite", "rewrite_linear"} <= set(s2.REWARDS)
+    # the defaults stay: the paper's reward in stage 2 (its budget calibrated), paper_rewrite in stage 3
+    stage2(data, tmp_path / "a")
+    assert seen["reward_fn"].func is s2.reward_paper and set(seen["reward_fn"].keywords) == {"words_per_step"}
+    stage3(data, tmp_path / "a")
+    assert seen["reward_fn"] is s3.paper_rewrite
+
+
+# -----------------------------------------------------------------------------
+# 2. Options: the reward's own keyword parameters
+
+
+def test_reward_options_are_the_rewards_keyword_parameters(monkeypatch, seen, data, tmp_path):
+    monkeypatch.setitem(s2.REWARDS, "scaled", scaled)
+    stage2(data, tmp_path, "--reward", "scaled", "--reward-option", "scale=0.5", "--reward-option", "negate=true",
+           "--reward-option", "offset=3")
+    assert seen["reward_fn"].func is scaled
+    assert seen["reward_fn"].keywords == {"scale": 0.5, "negate": True, "offset": 3}   # the defaults' types
+    assert type(seen["reward_fn"].keywords["offset"]) is int
+    assert seen["reward_fn"](s2.Completion("a b c d"), None) == -2.0 + 3
+    stage3(data, tmp_path, "--reward", "scaled", "--reward-option", "scale=2")   # stage 3 binds them alike
+    assert seen["reward_fn"].keywords == {"scale": 2.0}
+    stage2(data, tmp_path / "b", "--reward", "overlong", "--reward-option", "overlong_buffer=10")
+    assert seen["reward_fn"].func is s2.reward_overlong and seen["reward_fn"].keywords == {"overlong_buffer": 10}
+
+
+@pytest.mark.parametrize("option, message", [
+    ("scael=2", "--reward-option scael=2: reward scaled has no option 'scael' (its options: scale, offset, negate"),
+    ("scale", "--reward-option scale: reward scaled has no option 'scale'"),   # no =VALUE
+    ("offset=1.5", "--reward-option offset=1.5: reward scaled expects offset as int, like its default 0"),
+    ("negate=maybe", "reward scaled expects negate as bool"),
+    ("scale=x", "reward scaled expects scale as float"),
+])
+def test_a_bad_reward_option_is_one_line_naming_reward_and_option(monkeypatch, seen, data, tmp_path, option,
+                                                                   message):
+    monkeypatch.setitem(s2.REWARDS, "scaled", scaled)
+    with pytest.raises(cli.UsageError) as caught:
+        stage2(data, tmp_path, "--reward", "scaled", "--reward-option", option)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    # stage 3 refuses it before any work: the model named here does not exist, and is never loaded
+    with pytest.raises(cli.UsageError, match="reward scaled"):
+        s3.main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "s3"), "--reward", "scaled",
+                 "--reward-option", option])
+
+
+def test_words_per_step_and_overlong_buffer_reach_any_reward_that_takes_them(monkeypatch, seen, data, tmp_path,
+                                                                            capsys):
+    monkeypatch.setitem(s2.REWARDS, "budgeted", budgeted)
+    stage2(data, tmp_path / "a", "--reward", "budgeted", "--words-per-step", "12", "--overlong-buffer", "5")
+    assert seen["reward_fn"].keywords == {"words_per_step": 12.0, "overlong_buffer": 5}
+    assert "--words-per-step" not in capsys.readouterr().out
+    stage2(data, tmp_path / "b", "--reward", "budgeted")   # not given: calibrated and printed, as for paper
+    wps = s2.calibrated_words_per_step(load_teacher_data(str(data)))
+    assert seen["reward_fn"].keywords == {"words_per_step": wps}
+    assert f"stage 2: --words-per-step {wps:g}" in capsys.readouterr().out
+    # a reward without them ignores them, so a run script may pass them whatever --reward says
+    stage2(data, tmp_path / "c", "--reward", "correct", "--words-per-step", "12", "--overlong-buffer", "5")
+    assert seen["reward_fn"] is s2.reward_correct
+    with pytest.raises(cli.UsageError, match="given twice"):
+        stage2(data, tmp_path / "d", "--reward", "budgeted", "--words-per-step", "12",
+               "--reward-option", "words_per_step=9")
+
+
+# -----------------------------------------------------------------------------
+# 3. A reward in a file of one's own
+
+
+MY_REWARDS = '''
+def brevity(completion, example, per_word: float = 0.01):
+    """-per_word * (words in the completion)"""
+    return -per_word * len(completion.text.split())
+'''
+
+
+def test_a_reward_in_a_file_of_ones_own(seen, data, tmp_path):
+    (tmp_path / "my_rewards.py").write_text(MY_REWARDS)
+    spec = f"{tmp_path / 'my_rewards.py'}:brevity"
+    stage2(data, tmp_path / "a", "--reward", spec, "--reward-option", "per_word=0.5")
+    assert seen["reward_fn"](s2.Completion("one two three"), None) == -1.5
+    stage3(data, tmp_path / "b", "--reward", spec)
+    assert seen["reward_fn"](s2.Completion("one two three"), None) == pytest.approx(-0.03)
+    for bad, message in [(f"{tmp_path / 'nothere.py'}:brevity", "nothere.py: no such file"),
+                         (f"{tmp_path / 'my_rewards.py'}:shortness", "my_rewards.py defines no function shortness"),
+                         ("brevty", "--reward brevty: not a registered reward (")]:
+        with pytest.raises(cli.UsageError) as caught:
+            stage2(data, tmp_path / "c", "--reward", bad)
+        assert message in str(caught.value)
+
+
+def test_a_missing_reward_file_is_one_line_from_the_command_line(tmp_path):
+    run = subprocess.run([sys.executable, "stage2_grpo.py", "--model", "m", "--out", str(tmp_path / "o"),
+                          "--reward", "my_rewards.py:brevity"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr == "error: --reward my_rewards.py:brevity: my_rewards.py: no such file\n"
