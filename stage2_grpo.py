@@ -593,6 +593,18 @@ def _pad(rows: list[list[float] | None], width: int, device) -> torch.Tensor:
 # below, is the loop around them.
 
 
+def finite_reward(reward_fn: RewardFn, completion: Completion, example) -> float:
+    """reward_fn(completion, example), refused in one line when it is not a finite number: a nan
+    or inf would spread through its group's advantages into the weights."""
+    value = float(reward_fn(completion, example))
+    if not math.isfinite(value):
+        name = getattr(getattr(reward_fn, "func", reward_fn), "__name__", repr(reward_fn))  # partial: its function
+        question = " ".join(str(getattr(example, "question", example)).split())
+        raise ValueError(f"reward {name} returned {value} for the question "
+                         f"{question[:80] + ('...' if len(question) > 80 else '')!r}: a reward must be a finite number")
+    return value
+
+
 def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_ids: list[list[int]],
               loss_ids: list[list[int]], examples: Sequence[Any], reward_fn: RewardFn,
               generator: torch.Generator, lr: float,
@@ -614,7 +626,7 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
     # 2. rewards and group-normalised advantages; the rows that train (groups with reward spread)
     scored = [Completion(text, len(tokens), cfg.max_new_tokens, trunc)
               for text, tokens, trunc in zip(ro.texts, ro.completions, ro.truncated)]
-    rewards = torch.tensor([float(reward_fn(c, examples[row // G])) for row, c in enumerate(scored)],
+    rewards = torch.tensor([finite_reward(reward_fn, c, examples[row // G]) for row, c in enumerate(scored)],
                            dtype=torch.float32)
     parts = [c.parts for c in scored]
     for row, part in enumerate(parts):  # accuracy and format are logged whatever the reward is

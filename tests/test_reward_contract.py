@@ -174,3 +174,27 @@ def test_a_missing_reward_file_is_one_line_from_the_command_line(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert run.stderr == "error: --reward my_rewards.py:brevity: my_rewards.py: no such file\n"
+
+
+# -----------------------------------------------------------------------------
+# 4. A reward that is not a finite number
+
+
+@pytest.mark.parametrize("bad", [math.nan, -math.inf])
+def test_a_reward_that_is_not_finite_is_refused_before_the_advantages(tiny_world, tmp_path, bad):
+    examples = load_teacher_data(str(tiny_world.teacher), rows=slice(0, 4))
+    victim = examples[2]
+
+    def broken(completion, example):
+        return bad if example.question == victim.question else 1.0
+
+    config = s2.GRPOConfig(model=str(tiny_world.base_model), out=str(tmp_path / "run"), group_size=2,
+                           prompts_per_step=4, max_steps=1, max_new_tokens=8, save_every=0, quiet=True,
+                           device="cpu")
+    with pytest.raises(ValueError) as caught:
+        s2.train_grpo(config, examples, s2.prompt_builder("plain"), broken)
+    message = str(caught.value)
+    assert message.startswith(f"reward broken returned {bad} for the question ") and victim.question[:40] in message
+    assert "\n" not in message
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert not metrics.exists() or not metrics.read_text()   # no step was taken
