@@ -740,9 +740,12 @@ def optimise(model, optimizer, tokenizer, cfg: GRPOConfig, dist, prompts, comple
 
 def step_metrics(sums: dict, info: dict, dist, cfg: GRPOConfig, step: int, steps_per_epoch: int,
                  lr: float) -> dict:
-    """One line of metrics.jsonl: the processes' sums added up, then divided."""
-    tot = dict(zip(sums, dist.sum(list(sums.values()))))
-    part_names = sorted(k[len("part_"):] for k in sums if k.startswith("part_"))
+    """One line of metrics.jsonl: the processes' sums added up, then divided. A reward may log a
+    part on some completions only, so the processes' keys can differ: the sums are over the union
+    of their keys, a key a process lacks counting 0 there."""
+    names = sorted(set().union(*dist.gather(sorted(sums))))
+    tot = dict(zip(names, dist.sum([sums.get(k, 0.0) for k in names])))
+    part_names = sorted(k[len("part_"):] for k in names if k.startswith("part_"))
     n = max(tot["rows"], 1)
     mean_reward = tot["reward"] / n
     return {

@@ -198,3 +198,61 @@ def test_a_reward_that_is_not_finite_is_refused_before_the_advantages(tiny_world
     assert "\n" not in message
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or not metrics.read_text()   # no step was taken
+
+
+# -----------------------------------------------------------------------------
+# 5. Metrics under torchrun: the processes' sums, whatever parts each one's rewards logged
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def step_sums(rank: int, parts: dict[str, float]) -> dict:
+    """One process's sums as grpo_step returns them: 4 completions, and the parts its reward logged."""
+    return {"reward": 2.0 + rank, "reward_sq": 5.0, "rows": 4, "tokens": 40, "truncated": 0, "zero_var": 0.0,
+            "groups": 2, "kl": 0.0, "trained_tokens": 40, "clipped": 0.0, "loss": 0.0, "gap_sum": 0.0,
+            "recomputed": 0, **{f"part_{k}": v for k, v in parts.items()}}
+
+
+# each process's parts in each step: a key only one process logged (same count, other names, so
+# zipping by order would add one process's "long" to the other's "short"), then a key one lacks
+PARTS = [[{"correct": 1.0, "long": 2.0}, {"correct": 3.0, "short": 1.0}],
+         [{"correct": 1.0, "short": 2.0}, {"correct": 2.0}]]
+
+
+def _metrics_worker(rank: int, world_size: int, port: int, out_dir: str):
+    from datetime import timedelta
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    sys.path.insert(0, str(ROOT))
+    import distributed
+    import stage2_grpo
+    torch.set_num_threads(1)
+    # a short timeout: sums that do not line up across processes fail here instead of hanging
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=60))
+    ctx = distributed.setup("cpu")
+    cfg = stage2_grpo.GRPOConfig(model="m", out="o")
+    info = {"trained_rows": 8, "grad_norm": 0.0, "gap": 0.0, "rollout_seconds": 0.0, "train_seconds": 0.0}
+    try:
+        records = []
+        for step, parts in enumerate(PARTS):
+            records.append(stage2_grpo.step_metrics(step_sums(rank, parts[rank]), info, ctx, cfg, step, 10, 1e-5))
+            (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(records))
+    finally:
+        ctx.close()
+
+
+def test_metrics_add_up_over_the_union_of_the_processes_parts(tmp_path):
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_metrics_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method=method)
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert records[0] == records[1]
+    first, second = records[0]
+    n = 8   # completions over both processes
+    assert (first["reward_correct"], first["reward_long"], first["reward_short"]) == (4 / n, 2 / n, 1 / n)
+    assert first["accuracy"] == 4 / n and first["reward"] == 5 / n
+    assert (second["reward_correct"], second["reward_short"]) == (3 / n, 2 / n) and "reward_long" not in second
