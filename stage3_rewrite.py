@@ -64,7 +64,7 @@ from generate import compile_decode
 from model import Qwen2
 from cli import nonnegative_float, nucleus, positive_int, write_atomic
 from stage2_grpo import answer_part
-from teacher import add_teacher_arguments, load_from_args, load_teacher_data
+from teacher import add_teacher_arguments, format_rationale, load_from_args, load_teacher_data
 from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -200,18 +200,27 @@ def compression_bonus(ratio: float) -> float:
     return 0.5 + 0.3 * min((0.5 - ratio) / 0.3, 1.0)
 
 
+def teacher_words(example) -> int:
+    """The length a rewrite is compared with: the teacher's rationale as the student is trained to
+    write it (teacher.format_rationale, stage 1's target: the steps and the answer line). The
+    authors' rationales also hold a "Thinking..." section (--thinking keep), which stage 1 does not
+    teach; counting it would pay a rewrite that merely copies the steps for halving the teacher."""
+    return word_count(format_rationale(example.steps, str(example.answer)))
+
+
 def _judge(completion: stage2.Completion, example) -> tuple[bool, bool, float]:
     """(right answer, has `Step k:` and `Answer:`, word ratio to the teacher), logged in its parts."""
     text = answer_part(completion.text)
     correct = is_correct(extract_answer(text), str(example.answer))
     formatted = stage2.well_formed(text)
-    ratio = word_count(text) / max(1, word_count(example.rationale))
+    ratio = word_count(text) / max(1, teacher_words(example))
     completion.parts.update(correct=float(correct), format=float(formatted), ratio=ratio, words=float(word_count(text)))
     return correct, formatted, ratio
 
 
 def paper_rewrite(completion: stage2.Completion, example) -> float:
-    """The paper's stage-3 reward, with ratio = response words / teacher-rationale words:
+    """The paper's stage-3 reward, with ratio = response words / teacher-rationale words
+    (teacher_words: the steps and the answer line, without any "Thinking..." section):
 
         wrong answer                                  -2
         right answer, no `Step k:` or no `Answer:`    -1

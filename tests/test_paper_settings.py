@@ -173,12 +173,12 @@ def test_authors_thinking_is_kept_by_default_and_can_be_dropped():
     assert all(k.rationale.startswith("Thinking") for k in kept)
     assert all(k.steps == d.steps for k, d in zip(kept, dropped))    # the steps never hold it
     assert all(d.rationale == teacher.format_rationale(d.steps, d.answer) for d in dropped)
-    # stage 3's ratio denominator is the rationale: the same rewrite is shorter against the kept one
+    # stage 3's ratio denominator is the rationale stage 1 teaches (no thinking): the same either way
     rewrite = "Step 1: " + "word " * 60 + "\nFinal Answer: " + kept[0].answer
     as_kept, as_dropped = s2.Completion(rewrite), s2.Completion(rewrite)
     s3.paper_rewrite(as_kept, kept[0])
     s3.paper_rewrite(as_dropped, dropped[0])
-    assert as_kept.parts["ratio"] < 0.8 * as_dropped.parts["ratio"]
+    assert as_kept.parts["ratio"] == as_dropped.parts["ratio"]
 
 
 def test_stage3_failures_file_keeps_thinking_unless_told(monkeypatch, tmp_path):

@@ -1,7 +1,8 @@
 """The reward contract as someone who changes rewards meets it (issue 27): one registry serves
 stages 2 and 3, a reward's options are its own keyword parameters, a reward may live in a file of
 one's own, a reward that is not a finite number is refused, and the metrics add up whatever keys
-each process's rewards logged."""
+each process's rewards logged. Then the paper differences that meet the rewards and the run: what
+stage 3's length ratio divides by, the warm-up count, and the paper runner's settings."""
 import json
 import math
 import os
@@ -17,8 +18,8 @@ import torch.multiprocessing as mp
 import cli
 import stage2_grpo as s2
 import stage3_rewrite as s3
-from conftest import ROOT
-from teacher import TeacherExample, load_teacher_data
+from conftest import BRIDGE_STAGE3, ROOT
+from teacher import format_rationale, load_teacher_data
 
 RECORDS = [{"question": f"Tom has {n} apples and buys 2 more. How many now?", "answer": str(n + 2),
             "rationale": f"Step 1: Tom has {n} apples.\nStep 2: {n} + 2 = {n + 2}.\nAnswer: {n + 2}",
@@ -256,3 +257,27 @@ def test_metrics_add_up_over_the_union_of_the_processes_parts(tmp_path):
     assert (first["reward_correct"], first["reward_long"], first["reward_short"]) == (4 / n, 2 / n, 1 / n)
     assert first["accuracy"] == 4 / n and first["reward"] == 5 / n
     assert (second["reward_correct"], second["reward_short"]) == (3 / n, 2 / n) and "reward_long" not in second
+
+
+# -----------------------------------------------------------------------------
+# 6. Stage 3's length ratio: against the rationale the student is trained to write
+
+
+def test_stage3_ratio_is_against_the_rationale_stage1_teaches():
+    kept = load_teacher_data(str(BRIDGE_STAGE3), quiet=True)                    # their "Thinking..." kept
+    dropped = load_teacher_data(str(BRIDGE_STAGE3), quiet=True, thinking="drop")
+    assert kept[0].rationale.startswith("Thinking") and kept[0].steps == dropped[0].steps
+    target = format_rationale(kept[0].steps, kept[0].answer)   # stage 1's target, thinking or not
+    rewrite = "Step 1: " + "word " * 30 + "\nFinal Answer: " + kept[0].answer
+    as_kept, as_dropped = s2.Completion(rewrite), s2.Completion(rewrite)
+    assert s3.paper_rewrite(as_kept, kept[0]) == s3.paper_rewrite(as_dropped, dropped[0])
+    assert as_kept.parts["ratio"] == as_dropped.parts["ratio"] == len(rewrite.split()) / len(target.split())
+    # copying what stage 1 taught is no compression: ratio 1, no bonus (against the thinking ~0.5, +0.5)
+    copy = s2.Completion(target)
+    assert s3.paper_rewrite(copy, kept[0]) == 1.0 and copy.parts["ratio"] == 1.0
+
+
+def test_the_tiny_worlds_rationales_are_already_stage1s_target(tiny_world):
+    """Why the ratio's denominator did not change the tiny world: its rationales are the canonical form."""
+    examples = load_teacher_data(str(tiny_world.teacher), quiet=True)
+    assert all(e.rationale == format_rationale(e.steps, e.answer) for e in examples)
