@@ -535,10 +535,10 @@ def step_examples(n_examples: int, prompts_per_step: int, step: int, seed: int) 
 
 def learning_rate(cfg: GRPOConfig, step: int, total: int) -> float:
     """The learning rate of step `step` (from 0) of `total`: linear warm-up over --warmup-steps
-    (or ceil(--warmup-ratio x total), as the authors' trainer counts it), then linear decay
-    (stage 1's lr_at: neither the first nor the last step gets 0) or constant. A function of
-    the step alone, so --resume continues the schedule exactly."""
-    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total)
+    (or int(--warmup-ratio x total), rounded down as the authors' trainer counts it), then linear
+    decay (stage 1's lr_at: neither the first nor the last step gets 0) or constant. A function
+    of the step alone, so --resume continues the schedule exactly."""
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total)
     if cfg.lr_schedule == "linear":
         return lr_at(step, total, warmup, cfg.lr)
     return cfg.lr * min(1.0, (step + 1) / warmup) if warmup else cfg.lr

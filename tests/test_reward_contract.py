@@ -281,3 +281,15 @@ def test_the_tiny_worlds_rationales_are_already_stage1s_target(tiny_world):
     """Why the ratio's denominator did not change the tiny world: its rationales are the canonical form."""
     examples = load_teacher_data(str(tiny_world.teacher), quiet=True)
     assert all(e.rationale == format_rationale(e.steps, e.answer) for e in examples)
+
+
+# -----------------------------------------------------------------------------
+# 7. The warm-up, counted as the authors' trainer counts it: int(0.1 x total steps)
+
+
+def test_warmup_ratio_rounds_down_as_the_authors_trainer():
+    cfg = s2.GRPOConfig(model="m", out="o", lr=1e-5, warmup_ratio=0.1)
+    # 0.1 x 25 = 2.5 -> 2 warm-up steps, and 0.1 x 30 = 3.0000000000000004 -> 3: step 2 is at the peak
+    assert [s2.learning_rate(cfg, step, 25) for step in (0, 1)] == pytest.approx([5e-6, 1e-5])
+    assert [s2.learning_rate(cfg, step, 30) for step in (0, 2)] == pytest.approx([1e-5 / 3, 1e-5])
+    assert s2.learning_rate(cfg, 599, 6000) == pytest.approx(1e-5)   # the paper's 6,000 steps: 600
