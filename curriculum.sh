@@ -66,15 +66,19 @@ else
   S1="$S1 --batch-size 4 --grad-accum 8 --max-length 2048 --max-grad-norm 1.0 --seed 42 --dtype bfloat16"
   # (stages 2-3 fine-tune all weights in fp32 beside a frozen reference; gradient checkpointing
   # keeps 3B under 80 GB, see `python benchmarks/gpu_memory.py`)
-  # The authors step AdamW once per prompt (its G=2 completions): 2000 prompts x 3 epochs = 6,000
-  # updates in stage 2, with 10% linear warm-up, linear decay and weight decay 0.01. Eight prompts
-  # per step would be 750 updates, a different optimisation, so --prompts-per-step 1 (one GPU;
-  # slower, as each rollout batch is a single group).
+  # The authors step AdamW once per batch of prompts (G=2 completions each): one prompt in stage 2,
+  # 2000 prompts x 3 epochs = 6,000 updates; two in stage 3 (their stage-3 config's
+  # train_batch_size 2); with 10% linear warm-up, linear decay and weight decay 0.01. Eight prompts
+  # per step would be 750 updates, a different optimisation, so --prompts-per-step 1 and 2 (one
+  # GPU; slower, as each rollout batch is one or two groups). Their loss keeps the KL term on every
+  # completion, and they step every time, also when a group's rewards are all equal:
+  # --keep-zero-variance.
   GRPO="--group-size 2 --temperature 0.7 --top-p 0.9 --lr 1e-5 --beta 0.1 --gradient-checkpointing"
-  GRPO="$GRPO --prompts-per-step 1 --lr-schedule linear --warmup-ratio 0.1 --weight-decay 0.01"
-  S2="$GRPO --max-new-tokens 256 --epochs 3"
-  S3="$GRPO --max-new-tokens 512 --epochs 5 --attempts 1 --mine-temperature 0"
-  EV="--batch-size 64"
+  GRPO="$GRPO --lr-schedule linear --warmup-ratio 0.1 --weight-decay 0.01 --keep-zero-variance"
+  S2="$GRPO --prompts-per-step 1 --max-new-tokens 256 --epochs 3"
+  S3="$GRPO --prompts-per-step 2 --max-new-tokens 512 --epochs 5 --attempts 1 --mine-temperature 0"
+  # every row of the table in one precision: the base is stored in bf16, the stages in fp32
+  EV="--batch-size 64 --dtype bfloat16"
 fi
 mkdir -p "$RUN"
 : > "$RUN/timings.tsv"

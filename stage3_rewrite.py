@@ -38,7 +38,8 @@ reading's effect, not the first's; hence the default. Which transfers better is 
 compare (we have not measured it yet).
 
 The defaults are the authors' settings (G=2, temperature 0.7, top-p 0.9, 512 new tokens, lr
-1e-5, KL weight 0.1, 5 epochs, failures mined from teacher rows 2000: with one greedy attempt).
+1e-5, KL weight 0.1, 5 epochs, one AdamW step per 2 prompts, failures mined from teacher rows
+2000: with one greedy attempt).
 
     python stage3_rewrite.py --model runs/tiny/stage2 --teacher-data runs/tiny/world/teacher.jsonl \
         --rows 400: --out runs/tiny/stage3 --attempts 2 --mine-temperature 0.7 --group-size 8
@@ -306,7 +307,7 @@ def main(argv=None) -> dict:
     parser = cli.ArgumentParser(description="BRIDGE stage 3: GRPO on rewriting the teacher's rationale "
                                 "for the student's persistent failures.")
     stage2.add_grpo_arguments(parser)
-    parser.set_defaults(max_new_tokens=512, epochs=5.0)  # the authors' stage-3 settings
+    parser.set_defaults(max_new_tokens=512, epochs=5.0, prompts_per_step=2)  # the authors' stage-3 settings
     g = parser.add_argument_group("stage 3: failure mining")
     add_teacher_arguments(g, rows="2000:")   # the authors mined rows 2000 onwards
     g.add_argument("--failures", default=None,

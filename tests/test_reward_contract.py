@@ -6,6 +6,7 @@ stage 3's length ratio divides by, the warm-up count, and the paper runner's set
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import cli
 import stage2_grpo as s2
 import stage3_rewrite as s3
 from conftest import BRIDGE_STAGE3, ROOT
+from test_paper_settings import REQUIRED, _branch_settings, parsed
 from teacher import format_rationale, load_teacher_data
 
 RECORDS = [{"question": f"Tom has {n} apples and buys 2 more. How many now?", "answer": str(n + 2),
@@ -293,3 +295,23 @@ def test_warmup_ratio_rounds_down_as_the_authors_trainer():
     assert [s2.learning_rate(cfg, step, 25) for step in (0, 1)] == pytest.approx([5e-6, 1e-5])
     assert [s2.learning_rate(cfg, step, 30) for step in (0, 2)] == pytest.approx([1e-5 / 3, 1e-5])
     assert s2.learning_rate(cfg, 599, 6000) == pytest.approx(1e-5)   # the paper's 6,000 steps: 600
+
+
+# -----------------------------------------------------------------------------
+# 8. The paper runner: the authors' stage-3 batch, their KL on every completion, one eval precision
+
+
+def test_paper_runner_takes_the_authors_batches_kl_and_one_eval_precision(monkeypatch):
+    paper, tiny = _branch_settings("paper"), _branch_settings("tiny")
+    a2, a3 = (parsed(monkeypatch, main, REQUIRED + paper[name]) for main, name in ((s2.main, "S2"), (s3.main, "S3")))
+    assert (a2.prompts_per_step, a3.prompts_per_step) == (1, 2)   # train_batch_size 1 and 2 in their configs
+    assert parsed(monkeypatch, s3.main, REQUIRED).prompts_per_step == 2   # also stage 3's default
+    assert a2.keep_zero_variance and a3.keep_zero_variance           # beta * KL on every completion
+    branches = (ROOT / "curriculum.sh").read_text().split('if [ "$TARGET" = tiny ]; then', 1)[1].split("\nelse\n", 1)
+    ev = {name: re.search(r'^\s*EV="([^"]*)"', text, re.MULTILINE).group(1).split()
+          for name, text in zip(("tiny", "paper"), branches)}
+    assert ev["paper"][ev["paper"].index("--dtype") + 1] == "bfloat16"   # base, stages 1-3: one precision
+    # the tiny world's runner is left as it was
+    t2, t3 = (parsed(monkeypatch, main, REQUIRED + tiny[name]) for main, name in ((s2.main, "S2"), (s3.main, "S3")))
+    assert not t2.keep_zero_variance and not t3.keep_zero_variance and t3.prompts_per_step == 8
+    assert "--dtype" not in ev["tiny"]
