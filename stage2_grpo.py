@@ -997,8 +997,9 @@ def reward_from_args(args) -> tuple[RewardFn, dict[str, Any]]:
     for item in args.reward_option:
         key, sep, text = item.partition("=")
         if not sep or key not in known:
-            raise cli.UsageError(f"--reward-option {item}: reward {name} has no option {key!r} (its options: "
-                                 f"{', '.join(known) or 'none'}; expected NAME=VALUE)")
+            problem = f"reward {name} has no option {key!r}" if sep else "expected NAME=VALUE"
+            raise cli.UsageError(f"--reward-option {item}: {problem} (the options of reward {name}: "
+                                 f"{', '.join(known) or 'none'})")
         try:
             options[key] = option_value(text, known[key])
         except ValueError:

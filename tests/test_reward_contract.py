@@ -109,8 +109,9 @@ def test_reward_options_are_the_rewards_keyword_parameters(monkeypatch, seen, da
 
 
 @pytest.mark.parametrize("option, message", [
-    ("scael=2", "--reward-option scael=2: reward scaled has no option 'scael' (its options: scale, offset, negate"),
-    ("scale", "--reward-option scale: reward scaled has no option 'scale'"),   # no =VALUE
+    ("scael=2", "--reward-option scael=2: reward scaled has no option 'scael' (the options of reward scaled: "
+                "scale, offset, negate)"),
+    ("scale", "--reward-option scale: expected NAME=VALUE (the options of reward scaled: scale, offset, negate)"),
     ("offset=1.5", "--reward-option offset=1.5: reward scaled expects offset as int, like its default 0"),
     ("negate=maybe", "reward scaled expects negate as bool"),
     ("scale=x", "reward scaled expects scale as float"),
