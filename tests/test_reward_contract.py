@@ -86,8 +86,8 @@ def test_one_registry_serves_both_stages(monkeypatch, seen, data, tmp_path):
     # the defaults stay: the paper's reward in stage 2 (its budget calibrated), paper_rewrite in stage 3
     stage2(data, tmp_path / "a")
     assert seen["reward_fn"].func is s2.reward_paper and set(seen["reward_fn"].keywords) == {"words_per_step"}
-    stage3(data, tmp_path / "a")
-    assert seen["reward_fn"] is s3.paper_rewrite
+    stage3(data, tmp_path / "a")   # (registered anew, by another function object, when stage 3 runs as a script)
+    assert seen["reward_fn"] is s2.REWARDS["paper_rewrite"] and seen["reward_fn"].__name__ == "paper_rewrite"
 
 
 # -----------------------------------------------------------------------------
