@@ -1,4 +1,6 @@
 """Shared test fixtures: paths into ../shared, tiny random checkpoints, the tiny world."""
+import ast
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -44,12 +46,46 @@ def tiny_qwen_checkpoint(tmp_path_factory):
     return out
 
 
+def world_sources(root: Path = ROOT) -> list[str]:
+    """The code that builds the tiny world: tiny_world.py and every project file it imports,
+    directly or through another, at the top of a file or inside a function (the stage files for
+    their prompt builders; model, generate and eval to pre-train and measure the base)."""
+    project = {path.stem for path in root.glob("*.py")}
+    seen, todo = set(), ["tiny_world"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((root / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                modules = [node.module]
+            else:
+                continue
+            todo += [m.split(".")[0] for m in modules if m.split(".")[0] in project]
+    return sorted(f"{name}.py" for name in seen)
+
+
+def world_key(preset: str, seed: int, root: Path = ROOT) -> str:
+    """The name of a reusable world: its preset and seed, a hash of the code that builds it
+    (world_sources: a change there can change the base model, and with it every figure the tests
+    measure on it) and the torch version (the build is deterministic for one version only)."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in world_sources(root):
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return f"{preset}-seed{seed}-{digest.hexdigest()[:16]}"
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The tiny world's test preset (problems, tokenizer, a briefly pre-trained base model),
     built once per test session (a few minutes on 2 cores). See tiny_world.py. To run test files
-    one at a time without rebuilding it, point $BRIDGE_TEST_WORLD at a folder: the world is
-    built there once and reused while its preset and seed match."""
+    one at a time without rebuilding it, point $BRIDGE_TEST_WORLD at a folder: the world is built
+    in a subfolder named by world_key and reused while the code that builds it is unchanged (a
+    world built by other code is another subfolder, never reused)."""
     import tiny_world as tw
-    folder = os.environ.get("BRIDGE_TEST_WORLD") or tmp_path_factory.mktemp("tiny_world")
+    cache = os.environ.get("BRIDGE_TEST_WORLD")
+    folder = Path(cache) / world_key("test", 0) if cache else tmp_path_factory.mktemp("tiny_world")
     return tw.build_world(folder, preset="test", seed=0, progress=False)

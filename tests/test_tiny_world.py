@@ -4,6 +4,7 @@ real scripts read, and the curriculum's results table."""
 import dataclasses
 import json
 import random
+import shutil
 
 import pytest
 
@@ -58,6 +59,26 @@ def test_same_seed_same_files_other_seed_other_world(tmp_path):
     assert tw.build_world(tmp_path / "older", MICRO, seed=3).info == older
     with pytest.raises(ValueError, match="seed 3"):
         tw.build_world(tmp_path / "older", MICRO, seed=3, teacher_checks=0.5)
+
+
+def test_a_reused_test_world_is_keyed_on_the_code_that_builds_it(tmp_path):
+    """$BRIDGE_TEST_WORLD reuses a world only while the code that built it is unchanged: the key
+    covers tiny_world.py and what it imports inside its functions too (the stage files' prompt
+    builders, model.py and tokenizer.py to pre-train, eval.py to measure), and one changed byte in
+    any of those files changes it."""
+    from conftest import ROOT, world_key, world_sources
+    sources = world_sources()
+    assert {"tiny_world.py", "model.py", "tokenizer.py", "generate.py", "eval.py", "teacher.py",
+            "stage1_reconstruct.py", "stage2_grpo.py", "stage3_rewrite.py"} <= set(sources)
+    for name in sources:
+        shutil.copyfile(ROOT / name, tmp_path / name)
+    key = world_key("test", 0, tmp_path)
+    assert key == world_key("test", 0) != world_key("test", 1)
+    for name in sources:
+        original = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(original + b"\n")
+        assert world_key("test", 0, tmp_path) != key, name
+        (tmp_path / name).write_bytes(original)
 
 
 def test_problems_are_consistent_and_held_out(tiny_world):
