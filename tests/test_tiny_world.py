@@ -227,10 +227,13 @@ def test_base_model_is_partly_right_with_long_answers(tiny_world):
     assert summary["truncated"] <= len(examples) // 5   # mostly finishes its answer
     finished = [s for s in samples if s["finish_reason"] != "length"]
     assert all("Step 1:" in s["completion"] and extract_answer(s["completion"]) is not None for s in finished)
-    # world.json reports the base under every prompt form the curriculum trains on
+    # world.json reports the base under every prompt form the curriculum trains on: sometimes right
+    # under each (every stage needs reward spread there), and right more often under the forms
+    # that show teacher steps, which the author reads right, than under the bare question
     by_form = tiny_world.info["base"]["by_form"]
     assert list(by_form) == list(tw.FORMS)
-    assert all(0.0 <= f["accuracy"] <= 1.0 and f["mean_generated_tokens"] > 10 for f in by_form.values())
+    assert all(0.0 < f["accuracy"] < 1.0 and f["mean_generated_tokens"] > 10 for f in by_form.values())
+    assert all(by_form[form]["accuracy"] > by_form["plain"]["accuracy"] for form in tw.FORMS if form != "plain")
     # rambling like the real base model: longer than the teacher's rationales
     teacher_tokens = [len(tok.encode(json.loads(line)["rationale"]))
                       for line in tiny_world.teacher.read_text().splitlines()[:40]]
