@@ -210,19 +210,9 @@ def test_curriculum_paper_branch_takes_the_authors_update_count(monkeypatch):
             ("constant", 0.0, 0, 0.0, 8)
 
 
-def test_linear_schedule_resumes_exactly(tiny_world, tmp_path):
-    args = ["--max-steps", "4", "--save-every", "2", "--warmup-ratio", "0.5"]
-    s2.main(grpo_args(tiny_world, tmp_path / "straight", *args))
-    whole = metrics(tmp_path / "straight")
-    assert [r["lr"] for r in whole] == pytest.approx([5e-4, 1e-3, 2e-3 / 3, 1e-3 / 3])
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    import shutil
-    shutil.copytree(tmp_path / "straight" / "checkpoint-2", resumed / "checkpoint-2")
-    (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in whole[:2]))
-    s2.main(grpo_args(tiny_world, resumed, *args, "--resume"))
-    again = metrics(resumed)
-    assert [r["lr"] for r in again] == [r["lr"] for r in whole]
-    assert [r["reward"] for r in again] == [r["reward"] for r in whole]
-    a, b = Qwen2.from_pretrained(tmp_path / "straight"), Qwen2.from_pretrained(resumed)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+def test_linear_schedule_in_a_run(tiny_world, tmp_path):
+    """A run takes learning_rate's schedule step by step. (That a resumed run continues it
+    exactly, weights to the bit, is test_faults.py's SIGKILL test, whose stage-2 and stage-3 runs
+    use this linear schedule.)"""
+    s2.main(grpo_args(tiny_world, tmp_path / "straight", "--max-steps", "4", "--warmup-ratio", "0.5"))
+    assert [r["lr"] for r in metrics(tmp_path / "straight")] == pytest.approx([5e-4, 1e-3, 2e-3 / 3, 1e-3 / 3])

@@ -179,10 +179,13 @@ def test_training_lowers_reconstruction_loss_and_output_loads(tiny_world, tmp_pa
     assert load_tokenizer(out).eos_token_id == tok.eos_token_id
 
 
-def test_resume_continues_at_the_same_step(tiny_world, tmp_path):
-    """LoRA (adapters, dropout RNG and optimizer restored): 4 steps in one go equal 3 + 1."""
+def test_stop_after_leaves_a_checkpoint_that_resume_finishes_from(tiny_world, tmp_path):
+    """LoRA: --stop-after 3 with --save-every 2 leaves checkpoint-2 and the one it stopped at and no
+    final model (--keep-checkpoints 0 keeps every one); --resume refuses a changed option, then
+    continues the schedule at step 4 and merges the adapters into a plain checkpoint. (That a
+    resumed run ends with the weights of one never interrupted, adapters, dropout RNG and
+    optimiser included, is test_faults.py's SIGKILL test, whose stage-1 run trains LoRA.)"""
     extra = ["--max-steps", "4", "--save-every", "2", "--lora-rank", "4", "--lr", "1e-2"]
-    run(tiny_world, tmp_path / "whole", *extra)
     part = run(tiny_world, tmp_path / "parts", *extra, "--stop-after", "3")
     assert part["steps"] == 3 and not (tmp_path / "parts" / "model.safetensors").exists()
     assert sorted(p.name for p in (tmp_path / "parts").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
@@ -192,15 +195,10 @@ def test_resume_continues_at_the_same_step(tiny_world, tmp_path):
     with pytest.raises(SystemExit, match="--mask-prob"):
         run(tiny_world, tmp_path / "parts", *extra, "--resume", "--mask-prob", "0.5")
     run(tiny_world, tmp_path / "parts", *extra, "--resume")
-    whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     parts = [json.loads(x) for x in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in parts] == [1, 2, 3, 4]
-    # (flat lists: pytest 9.2's approx rejects nested sequences)
-    assert [m["loss"] for m in parts] == pytest.approx([m["loss"] for m in whole], rel=1e-5)
-    assert [m["lr"] for m in parts] == pytest.approx([m["lr"] for m in whole], rel=1e-5)
-    a = Qwen2.from_pretrained(tmp_path / "whole").state_dict()
+    assert [m["lr"] for m in parts] == pytest.approx([s1.lr_at(step, 4, 1, 1e-2) for step in range(4)], rel=1e-5)
     b = Qwen2.from_pretrained(tmp_path / "parts").state_dict()
     base = Qwen2.from_pretrained(tiny_world.base_model).state_dict()
-    assert a.keys() == b.keys() == base.keys()  # merged: a plain checkpoint
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert any(not torch.equal(a[k], base[k]) for k in a)
+    assert b.keys() == base.keys()  # merged: a plain checkpoint
+    assert any(not torch.equal(b[k], base[k]) for k in b)
