@@ -28,6 +28,9 @@ from eval import (ANSWER_LINE, build_prompt, extract_answer, is_correct, load_gs
     ("It costs $2,345,000.50 in total", "2345000.50"),
     ("a 3-4 week trip", "4"),                                  # a hyphen between digits is no sign
     ("Step 2: 10 - 3 = 7\nQuestion: what is 5 + 5?\nAnswer: 10", "7"),  # text after Question: is ignored
+    ("Step 1: 3 + 4 = 7\nfinal answer: 7 apples in 2 bags", "7"),  # the markers in any case, not the last number
+    ("Final Answer: 9\nAnswer: 5", "9"),                     # Final Answer wins wherever it stands
+    ("Final Answer: unknown\nAnswer: 5\nor maybe 8", "5"),   # then Answer:, before the last number
 ])
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
@@ -85,6 +88,11 @@ def test_prompt_is_the_authors():
 
 
 def test_wilson_interval():
+    # known values (z = 1.96): a Wald interval, p +- z sqrt(p (1 - p) / n), gives (0.402, 0.598)
+    # at 50/100, (0.552, 1.048) at 8/10 and (0, 0) at 0/10
+    assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 1.96 ** 2 / (10 + 1.96 ** 2)), abs=1e-9)  # z^2 / (n + z^2)
     low, high = wilson_interval(50, 100)
     assert low < 0.5 < high and abs((0.5 - low) - (high - 0.5)) < 1e-9
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0

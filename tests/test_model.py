@@ -250,6 +250,32 @@ def test_lora_merge_and_reference(pair, tmp_path):
         assert (merged(ids) - adapted).abs().max().item() < 1e-4
 
 
+def test_lora_scale_is_alpha_over_rank():
+    """An adapted projection computes W x + b + (alpha / r) B A x and merges to W + (alpha / r) B A,
+    checked against numbers worked out by hand: rank 4 and alpha 2 scale B A by 0.5, where alpha
+    alone or r / alpha would scale it by 2 and rsLoRA's alpha / sqrt(r) by 1."""
+    from lora import LORA_TARGETS
+    attention = torch.nn.Module()
+    for name in LORA_TARGETS:
+        setattr(attention, name, torch.nn.Linear(2, 2))
+    layer = torch.nn.Module()
+    layer.self_attn = attention
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList([layer])
+    add_lora(model, rank=4, alpha=2.0, dropout=0.0)
+    q = model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        q.base.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        q.base.bias.copy_(torch.tensor([0.1, -0.1]))
+        q.lora_A.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
+        q.lora_B.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]))  # B A = [[1, 0], [1, 1]]
+    x = torch.tensor([[1.0, -1.0]])
+    # W x + b = [-1 + 0.1, -1 - 0.1]; 0.5 B A x = 0.5 [1, 0]
+    assert torch.allclose(q(x), torch.tensor([[-0.4, -1.1]]))
+    assert torch.allclose(q.merged_weight(), torch.tensor([[1.5, 2.0], [3.5, 4.5]]))
+
+
 def test_token_logprobs_ignore_padding(pair):
     _, ours, _ = pair
     prompts, completions = [[3, 4, 5, 6], [9]], [[10, 11], [12, 13, 14, 15]]

@@ -256,6 +256,24 @@ def test_k3_kl_is_zero_for_equal_policies_and_positive_otherwise():
         float((p * (logp[0, 0] - other[0, 0])).sum()), rel=1e-5)
 
 
+def test_kl_term_is_beta_times_k3_worked_out_by_hand():
+    """One completion of two tokens, pi_old = pi (ratio 1, so the surrogate is -A on each token)
+    and a reference that differs from pi: d = ref - new = -0.5 and +1.0, k3 = exp(d) - d - 1 =
+    0.1065307 and 0.7182818, each token's loss -A + beta k3 and its gradient -A + beta (1 - exp(d)),
+    averaged over the two tokens (seq-mean). A flipped or missing KL term, or k3 of new - ref,
+    gives other numbers."""
+    new = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0]])
+    loss, stats = s2.grpo_loss(new, new.detach().clone(), torch.tensor([0.5]), torch.ones(1, 2, dtype=torch.bool),
+                               ref, beta=0.1)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(((-0.5 + 0.1 * 0.1065307) + (-0.5 + 0.1 * 0.7182818)) / 2, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(-0.4587594, abs=1e-6)
+    assert stats.kl == pytest.approx(0.1065307 + 0.7182818, abs=1e-6)   # summed over tokens, for the metrics
+    assert new.grad[0].tolist() == pytest.approx([(-0.5 + 0.1 * (1 - 0.6065307)) / 2,
+                                                  (-0.5 + 0.1 * (1 - 2.7182818)) / 2], abs=1e-6)
+
+
 def random_batch(seed=0, B=4, C=6):
     g = torch.Generator().manual_seed(seed)
     new = (torch.randn(B, C, generator=g) * 0.1 - 1).requires_grad_(True)
