@@ -29,6 +29,31 @@ def tiny_config_dict(vocab_size=151936, hidden=32, layers=2, heads=4, kv_heads=2
             "torch_dtype": "float32", **extra}
 
 
+def small_policy(seed: int = 0):
+    """A random Qwen2 with a 256-token vocabulary, to train on hand-made token ids."""
+    from model import Qwen2, Qwen2Config
+    return Qwen2(Qwen2Config.from_dict(tiny_config_dict(vocab_size=256, hidden=32))).init_weights(seed=seed)
+
+
+class GradientRecorder:
+    """Stands in for the optimiser of one training step: keeps the gradients the step hands it
+    (averaged over processes and clipped) and moves no weight, so that two ways of computing the
+    same step can be compared."""
+
+    def __init__(self, model):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.param_groups = [{"lr": 0.0}]
+        self.grads = None
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        assert self.grads is None, "one optimiser step was expected"
+        self.grads = [p.grad.clone() for p in self.params]
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen_checkpoint(tmp_path_factory):
     """A random-weight Qwen2.5-architecture checkpoint with the real Qwen2.5 tokenizer

@@ -77,6 +77,59 @@ def test_average_gradients_two_gloo_processes(tmp_path):
     assert sorted(records[0]["shard"] + records[1]["shard"]) == list(range(7))
 
 
+def _split_step_worker(rank: int, world_size: int, port: int, out_dir: str):
+    """One of two processes taking one step on its share of a batch: stage 1's train_step on
+    every other example, stage 2's optimise on every other group (as train_grpo shards prompts)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    sys.path.insert(0, str(ROOT))
+    import distributed
+    torch.set_num_threads(1)
+    ctx = distributed.setup("cpu")
+    try:
+        torch.save(split_step_gradients(ctx), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        ctx.close()
+
+
+def split_step_gradients(dist) -> dict:
+    """The gradients of one stage-1 step and one stage-2 step (each aggregation) on this
+    process's share of a fixed batch: the whole of it in one process."""
+    from conftest import small_policy
+    from test_stage1 import train_step_gradients, uneven_examples
+    from test_stage2 import grpo_rows, optimise_gradients
+    import stage2_grpo as s2
+    model = small_policy()
+    grads = {"stage1": train_step_gradients(model, dist.shard(uneven_examples()), micro_batch=1, dist=dist)}
+    G, groups = 2, 4
+    rows = grpo_rows(model, groups=groups, G=G)
+    mine = [row for group in dist.shard(list(range(groups))) for row in range(group * G, (group + 1) * G)]
+    share = [[part[row] for row in mine] for part in rows[:4]] + [rows[4][mine]]
+    left_out = len(dist.shard([0, 1]))   # 2 completions sampled but left out of the loss, in all
+    for agg in s2.LOSS_AGGREGATIONS:
+        grads[agg] = optimise_gradients(model, share, dist, n_sampled=len(mine) + left_out, loss_agg=agg,
+                                        micro_batch_size=2)
+    return grads
+
+
+def test_two_processes_take_the_step_of_one(tmp_path):
+    """Stage 1's train_step and stage 2's optimise normalise by the batch of all processes
+    (stage 1: world_size / all target tokens, since the gradients are then averaged; stage 2:
+    grpo_loss's whole-batch count / world_size), so two processes, each with half the batch,
+    step with the gradients one process computes on all of it."""
+    from distributed import Dist
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_split_step_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method=method)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    one = split_step_gradients(Dist())
+    for key, expected in one.items():
+        assert max(float(g.abs().max()) for g in expected) > 1e-3, key
+        for rank in ranks:
+            for a, b in zip(rank[key], expected):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7, msg=key)
+
+
 def test_stage3_under_torchrun_two_processes(tiny_world, tmp_path):
     """Stage 3 end to end under `torchrun --nproc_per_node 2` (gloo): both ranks mine their share
     of the questions, train two GRPO steps with averaged gradients, and must end with identical

@@ -6,8 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import stage1_reconstruct as s1
+from conftest import GradientRecorder, small_policy
+from distributed import Dist
 from eval import build_prompt
 from generate import token_logprobs
 from model import Qwen2
@@ -142,6 +145,40 @@ def test_loss_covers_target_tokens_only(tiny_qwen_checkpoint):
         P, L = len(e.prompt), len(e.prompt) + len(e.target)
         assert grad[row, :P - 1].eq(0).all() and grad[row, L - 1:].eq(0).all()
         assert grad[row, P - 1:L - 1].gt(0).all()
+
+
+def uneven_examples(seed=1):
+    """Four encoded examples whose prompts and targets differ in length (2 to 9 target tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = lambda n: torch.randint(1, 256, (n,), generator=g).tolist()  # noqa: E731
+    return [s1.Encoded(ids(p), ids(t)) for p, t in [(5, 2), (3, 9), (7, 4), (2, 6)]]
+
+
+def train_step_gradients(model, encoded, micro_batch, dist=None):
+    """The gradients train_step steps with (no clipping of the gradient norm)."""
+    optimizer = GradientRecorder(model)
+    s1.train_step(model, optimizer, optimizer.params, encoded, pad_token_id=0, lr=0.0, micro_batch=micro_batch,
+                  max_grad_norm=1e9, dist_ctx=dist or Dist(), autocast=False)
+    return optimizer.grads
+
+
+def test_a_step_in_micro_batches_has_the_gradient_of_the_whole_batch():
+    """train_step's loss is the mean over every target token of the step, however the step is
+    split: micro-batches of 4, of 1, or of 3 and 1 all give the gradient of
+    sum(-log p(target token)) / (all target tokens), computed here example by example with no
+    padding. (Dividing each micro-batch by its own token count would weigh the tokens of a short
+    example more.)"""
+    model = small_policy()
+    encoded = uneven_examples()
+    total = sum(len(e.target) for e in encoded)
+    for e in encoded:
+        logits = model(torch.tensor([e.prompt + e.target]))[0, len(e.prompt) - 1:-1]
+        (F.cross_entropy(logits.float(), torch.tensor(e.target), reduction="sum") / total).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    for micro_batch in (4, 1, 3):
+        for a, b in zip(train_step_gradients(model, encoded, micro_batch), expected):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
 # -----------------------------------------------------------------------------

@@ -4,13 +4,16 @@ import json
 import math
 import random
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import stage2_grpo as s2
-from conftest import BRIDGE_STAGE3
+from conftest import BRIDGE_STAGE3, GradientRecorder, small_policy
+from distributed import Dist
 from eval import build_prompt, extract_answer, is_correct
+from generate import token_logprobs
 from teacher import TeacherExample, load_teacher_data
 
 
@@ -332,6 +335,53 @@ def test_zero_variance_group_carries_no_policy_gradient():
     new.grad = None
     s2.grpo_loss(new, old, adv, mask, ref, beta=0.5)[0].backward()
     assert new.grad[:2][mask[:2]].abs().max() > 0.0
+
+
+def grpo_rows(model, groups=3, G=2, seed=0):
+    """Hand-made GRPO rows for optimise: `groups` prompts of different lengths, G completions of
+    each (1 to 7 tokens), pi_old and pi_ref near the policy (some ratios clip) and advantages."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_of_group = [torch.randint(1, 256, (3 + 2 * i,), generator=g).tolist() for i in range(groups)]
+    prompts = [prompt_of_group[row // G] for row in range(groups * G)]
+    completions = [torch.randint(1, 256, (1 + 5 * row % 7,), generator=g).tolist() for row in range(groups * G)]
+    with torch.no_grad():
+        logprobs, _ = token_logprobs(model, prompts, completions, 0.7, 0)
+    near = lambda scale: [(row[:len(c)] + scale * torch.randn(len(c), generator=g)).tolist()  # noqa: E731
+                          for row, c in zip(logprobs, completions)]
+    return prompts, completions, near(0.1), near(0.3), torch.randn(groups * G, generator=g)
+
+
+def optimise_gradients(model, rows, dist, n_sampled, **config):
+    """The gradients one optimise call steps with (beta 0.1, no clipping of the gradient norm, and
+    the sampler's pi_old kept however far it is from the trainer's)."""
+    prompts, completions, old, ref, adv = rows
+    cfg = s2.GRPOConfig(model="m", out="o", beta=0.1, temperature=0.7, max_new_tokens=8, max_grad_norm=1e9,
+                        recompute_gap=1e9, **config)
+    optimizer = GradientRecorder(model)
+    s2.optimise(model, optimizer, SimpleNamespace(pad_token_id=0), cfg, dist, prompts, completions, list(old), ref,
+                adv, lr=0.0, n_sampled=n_sampled)
+    return optimizer.grads
+
+
+@pytest.mark.parametrize("agg", s2.LOSS_AGGREGATIONS)
+def test_micro_batches_take_the_gradient_of_the_whole_batch(agg):
+    """optimise normalises each micro-batch by the whole batch's count (its completions, all their
+    tokens, or Dr. GRPO's L_max x every sampled completion, 2 of 8 left out of the loss here), so
+    --micro-batch-size changes memory, not the step: micro-batches of 1, or of 4 and 2, give the
+    gradient of one pass over the 6 rows. (Normalising by each micro-batch's own count would not,
+    nor would Dr. GRPO's constant if it counted the trained completions only.)"""
+    model = small_policy()
+    rows = grpo_rows(model)
+    whole = optimise_gradients(model, rows, Dist(), n_sampled=8, loss_agg=agg, micro_batch_size=6)
+    assert max(float(g.abs().max()) for g in whole) > 1e-3
+    for micro in (1, 4):
+        split = optimise_gradients(model, rows, Dist(), n_sampled=8, loss_agg=agg, micro_batch_size=micro)
+        for a, b in zip(split, whole):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    if agg == "dr-grpo":   # its constant counts the completions left out too: twice as many, half the step
+        doubled = optimise_gradients(model, rows, Dist(), n_sampled=16, loss_agg=agg, micro_batch_size=6)
+        for a, b in zip(doubled, whole):
+            torch.testing.assert_close(a, b / 2, rtol=1e-5, atol=1e-9)
 
 
 def test_step_examples_cover_each_epoch_once():
