@@ -482,6 +482,51 @@ def test_a_reward_is_a_function_of_completion_and_example(tiny_world, tmp_path):
     assert sum(c.truncated for _, c in seen) == round(sum(r["truncated"] * 4 for r in rows))
 
 
+def watch_rollouts_and_loss(monkeypatch):
+    """Record (prompt, completion) of every sampled row, and of every row the loss's forward
+    conditions on (token_logprobs with gradients on: not the no-grad pi_ref pass), in order."""
+    sampled, trained = [], []
+    real_rollout, real_logprobs = s2.rollout, s2.token_logprobs
+
+    def rollout(*args, **kwargs):
+        out = real_rollout(*args, **kwargs)
+        sampled.extend(zip(map(tuple, out.prompts), map(tuple, out.completions)))
+        return out
+
+    def logprobs(model, prompts, completions, *args, **kwargs):
+        if torch.is_grad_enabled():
+            trained.extend(zip(map(tuple, prompts), map(tuple, completions)))
+        return real_logprobs(model, prompts, completions, *args, **kwargs)
+    monkeypatch.setattr(s2, "rollout", rollout)
+    monkeypatch.setattr(s2, "token_logprobs", logprobs)
+    return sampled, trained
+
+
+def test_groups_without_reward_spread_are_left_out_of_the_loss(tiny_world, tmp_path, monkeypatch):
+    """Which rows train, observed in the loss's forward: the completions of the groups whose
+    rewards differ, and no other, unless --keep-zero-variance asks for every completion (which
+    then carries the KL pull only). The reward is flat for half the questions, the text's length
+    for the others."""
+    examples = load_teacher_data(str(tiny_world.teacher), rows=slice(0, 8))
+    flat = {e.question for e in examples[::2]}
+    rewards = []
+
+    def reward(completion, example):
+        rewards.append(0.0 if example.question in flat else float(len(completion.text)))
+        return rewards[-1]
+    sampled, trained = watch_rollouts_and_loss(monkeypatch)
+    for keep in (False, True):
+        for record in (rewards, sampled, trained):
+            record.clear()
+        config = s2.GRPOConfig(model=str(tiny_world.base_model), out=str(tmp_path / f"keep-{keep}"), group_size=2,
+                               prompts_per_step=4, max_steps=1, max_new_tokens=16, save_every=0, quiet=True,
+                               keep_zero_variance=keep)
+        s2.train_grpo(config, examples, s2.prompt_builder("plain"), reward)
+        spread = [max(rewards[g:g + 2]) > min(rewards[g:g + 2]) for g in range(0, 8, 2)]
+        assert len(sampled) == 8 and True in spread and False in spread   # both kinds of group this step
+        assert trained == [row for r, row in enumerate(sampled) if keep or spread[r // 2]]
+
+
 def test_truncated_exclude_and_ppo_epochs(tiny_world, tmp_path, monkeypatch):
     """--truncated exclude leaves cut completions out of the loss; --ppo-epochs 2 takes a second
     optimiser step on the same rollouts, where the ratio to the sampling policy has moved from 1

@@ -2,9 +2,14 @@
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 
 import stage3_rewrite as s3
+from eval import build_prompt
 from stage2_grpo import Completion as C
+from teacher import load_teacher_data
+from test_stage2 import watch_rollouts_and_loss
+from tokenizer import load_tokenizer
 
 
 @dataclass
@@ -159,6 +164,79 @@ def test_failures_file_is_a_teacher_file(tmp_path):
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and '"attempts"' in lines[0] and '"wrong": 4' in lines[0]
     assert not list(tmp_path.glob(".failures.jsonl*"))   # no temporary file left behind
+
+
+def test_mining_k_attempts_through_the_real_sampler(tiny_world, monkeypatch):
+    """model_sampler with k > 1 (the tiny runner mines with --attempts 2) against generating each
+    question on its own. Greedy, two questions share a generate call of --mine-batch-size rows (k
+    rows a question), and each question's k attempts are its own answer. Sampled, one question a
+    call, they are the k samples generate draws for that question alone from the same random
+    stream. And mine_failures keeps exactly the questions with at least t of their k attempts wrong."""
+    import generate as generate_module
+    from eval import extract_answer, is_correct, should_stop
+    from model import Qwen2
+    model = Qwen2.from_pretrained(tiny_world.base_model)
+    tok = load_tokenizer(tiny_world.base_model)
+    examples = load_teacher_data(str(tiny_world.teacher), rows=slice(0, 4))
+    questions = [e.question for e in examples]
+    prompts = tok.encode_batch([build_prompt(q) for q in questions])
+    real_generate = generate_module.generate
+
+    def alone(prompt, k, **sampling):
+        out = real_generate(model, [prompt], 32, num_samples=k, tokenizer=tok, pad_token_id=tok.pad_token_id,
+                            stop_fn=should_stop, **sampling)
+        return [tok.decode(tokens) for tokens in out.tokens]
+
+    rows_per_call = []
+
+    def counting(model, prompts, *args, num_samples=1, **kwargs):
+        rows_per_call.append(len(prompts) * num_samples)
+        return real_generate(model, prompts, *args, num_samples=num_samples, **kwargs)
+    monkeypatch.setattr(generate_module, "generate", counting)
+    greedy = s3.model_sampler(model, tok, temperature=0.0, max_new_tokens=32, batch_size=4)(questions, 2)
+    assert rows_per_call == [4, 4]                      # 2 questions x 2 attempts a call
+    assert greedy == [alone(p, 1) * 2 for p in prompts]
+    assert len({attempts[0] for attempts in greedy}) == len(questions)   # a mix-up of questions would show
+
+    sampler = s3.model_sampler(model, tok, temperature=1.0, max_new_tokens=32, batch_size=3, seed=5)
+    sampled = []
+
+    def recording(questions, k):
+        sampled.extend(sampler(questions, k))
+        return sampled
+    failures = s3.mine_failures(examples, recording, attempts=3, threshold=2)
+    generator = torch.Generator().manual_seed(5)
+    expected = [None] * len(questions)
+    for i in sorted(range(len(questions)), key=lambda i: len(prompts[i])):   # eval's order: shortest first
+        expected[i] = alone(prompts[i], 3, temperature=1.0, generator=generator)
+    assert sampled == expected
+    assert all(len(set(attempts)) > 1 for attempts in sampled)   # k draws, not one answer k times
+    wrong = [sum(not is_correct(extract_answer(a), e.answer) for a in attempts) for e, attempts in zip(examples, expected)]
+    assert [(f.row, f.wrong) for f in failures] == [(i, w) for i, w in enumerate(wrong) if w >= 2]
+    assert [[a.completion for a in f.attempts] for f in failures] == [expected[f.row] for f in failures]
+
+
+@pytest.mark.parametrize("policy_prompt", ["eval", "rewrite"])
+def test_the_loss_conditions_each_rewrite_on_the_prompt_policy_prompt_names(policy_prompt, tiny_world, tmp_path,
+                                                                              monkeypatch):
+    """Observed in the loss's forward, not inferred from metrics: each rewrite is sampled from the
+    rewriting prompt of its question, and the loss conditions it on that question's plain
+    evaluation prompt (--policy-prompt eval, the default) or on the rewriting prompt it was
+    sampled from (rewrite)."""
+    sampled, trained = watch_rollouts_and_loss(monkeypatch)
+    s3.main(["--model", str(tiny_world.base_model), "--failures", str(tiny_world.teacher), "--out", str(tmp_path / "s3"),
+             "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "12", "--max-steps", "1",
+             "--save-every", "0", "--reward", "correct", "--keep-zero-variance", "--policy-prompt", policy_prompt,
+             "--device", "cpu", "--quiet"])
+    tok = load_tokenizer(tiny_world.base_model)
+    question_of = {s3.build_rewrite_prompt(e.question, e.rationale): e.question
+                   for e in load_teacher_data(str(tiny_world.teacher))}
+    assert len(sampled) == len(trained) == 4
+    for (prompt, completion), (loss_prompt, trained_completion) in zip(sampled, trained):
+        rewrite = tok.decode(prompt)
+        assert rewrite in question_of                   # sampled from a rewriting prompt
+        expected = build_prompt(question_of[rewrite]) if policy_prompt == "eval" else rewrite
+        assert tok.decode(loss_prompt) == expected and trained_completion == completion
 
 
 # -----------------------------------------------------------------------------
