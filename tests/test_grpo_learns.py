@@ -8,6 +8,7 @@ pieces (group advantages, the clipped ratio, the sign of the loss, the optimiser
 add up to "make the better completions more likely", this reward would not rise.
 """
 import json
+import math
 
 import stage2_grpo as s2
 from eval import extract_answer
@@ -39,7 +40,12 @@ def test_grpo_raises_a_length_reward_and_keeps_the_answer_format(tiny_world, tmp
     # -0.76 on the 400-step test base of fd66954, 83 -> 36 words)
     assert mean(last, "reward") > mean(first, "reward") + 0.3
     assert mean(last, "reward_words") < mean(first, "reward_words") - 15
-    # shorter, but still in eval's format: about 0.9 answered in the first and the last steps
-    # (per step 0.81-1.0; the last five measured 0.875-0.95 as float rounding changed the run, and
-    # 0.975 on the 400-step test base)
-    assert mean(last, "reward_answered") >= 0.8
+    # shorter, but still in eval's format: answered no less often in the last five steps than in
+    # the run's own first five, but for sampling noise (three standard errors of the difference of
+    # two rates of 5 x 16 completions: 0.08 at 0.97, 0.14 at 0.9), and never under the 0.8 this
+    # test asked before (per step 0.81-1.0 measured, 0.99 in the first five and 0.95 in the last)
+    answered = mean(first, "reward_answered"), mean(last, "reward_answered")
+    rate = sum(answered) / 2
+    noise = math.sqrt(rate * (1 - rate) * 2 / (5 * 16))
+    assert answered[1] >= answered[0] - 3 * noise, answered
+    assert answered[1] >= 0.8, answered

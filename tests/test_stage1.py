@@ -194,12 +194,17 @@ def run(world, out, *extra):
 def test_training_lowers_reconstruction_loss_and_output_loads(tiny_world, tmp_path):
     """Full fine-tuning for 8 steps, run as 5 steps and then --resume for the rest. The loss is
     measured on 16 of the rows it trains on, under shuffles and masks of their own (seeded per
-    row here, not training's stream): 8 steps on 48 rows lower it by a third, but move a held-out
-    row's loss by 2-16% depending on how well the base already copies."""
-    trained_rows = load_teacher_data(str(tiny_world.teacher), rows=slice(0, 16))
+    row here, not training's stream): 8 steps on 48 rows lower it by a tenth or more. On 16 rows
+    it never saw the drop is smaller (2-16%, depending on how well the base already copies), so
+    there the check is only that it drops: the model learned the task, not just its rows."""
     tok = load_tokenizer(tiny_world.base_model)
-    items = [s1.encode(s1.reconstruction_example(e, random.Random(i), 0.7), tok, 2048) for i, e in enumerate(trained_rows)]
-    before = s1.mean_target_loss(Qwen2.from_pretrained(tiny_world.base_model), items, tok.pad_token_id)
+
+    def encoded(rows):
+        examples = load_teacher_data(str(tiny_world.teacher), rows=rows)
+        return [s1.encode(s1.reconstruction_example(e, random.Random(i), 0.7), tok, 2048) for i, e in enumerate(examples)]
+    items, held_out = encoded(slice(0, 16)), encoded(slice(48, 64))
+    base = Qwen2.from_pretrained(tiny_world.base_model)
+    before, held_out_before = (s1.mean_target_loss(base, x, tok.pad_token_id) for x in (items, held_out))
     out = tmp_path / "s1"
     first = run(tiny_world, out, "--max-steps", "8", "--stop-after", "5")
     assert first["steps"] == 5 and (out / "checkpoint-5" / "trainer_state.json").is_file()
@@ -207,8 +212,10 @@ def test_training_lowers_reconstruction_loss_and_output_loads(tiny_world, tmp_pa
         run(tiny_world, out, "--max-steps", "8")
     second = run(tiny_world, out, "--max-steps", "8", "--resume")
     assert second["steps"] == 8
-    after = s1.mean_target_loss(Qwen2.from_pretrained(out), items, tok.pad_token_id)
+    trained = Qwen2.from_pretrained(out)
+    after, held_out_after = (s1.mean_target_loss(trained, x, tok.pad_token_id) for x in (items, held_out))
     assert after < 0.9 * before, (before, after)
+    assert held_out_after < held_out_before, (held_out_before, held_out_after)
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 9))
     assert metrics[-1]["loss"] < metrics[0]["loss"]
