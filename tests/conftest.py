@@ -1,5 +1,6 @@
 """Shared test fixtures: paths into ../shared, tiny random checkpoints, the tiny world."""
 import ast
+import functools
 import hashlib
 import os
 import sys
@@ -71,6 +72,19 @@ def tiny_qwen_checkpoint(tmp_path_factory):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def imported_modules(source: str) -> tuple[str, ...]:
+    """The top-level name of every module a file's text imports, at the top or inside a function
+    (kept per text: parsing is most of what world_key costs)."""
+    modules = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            modules.append(node.module)
+    return tuple(module.split(".")[0] for module in modules)
+
+
 def world_sources(root: Path = ROOT) -> list[str]:
     """The code that builds the tiny world: tiny_world.py and every project file it imports,
     directly or through another, at the top of a file or inside a function (the stage files for
@@ -79,17 +93,9 @@ def world_sources(root: Path = ROOT) -> list[str]:
     seen, todo = set(), ["tiny_world"]
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for node in ast.walk(ast.parse((root / f"{name}.py").read_text())):
-            if isinstance(node, ast.Import):
-                modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level:
-                modules = [node.module]
-            else:
-                continue
-            todo += [m.split(".")[0] for m in modules if m.split(".")[0] in project]
+        if name not in seen:
+            seen.add(name)
+            todo += [m for m in imported_modules((root / f"{name}.py").read_text()) if m in project]
     return sorted(f"{name}.py" for name in seen)
 
 
