@@ -21,12 +21,21 @@ loss. What makes it a miniature of the paper and not just a small dataset:
   unless the prompt shows that step worked out. Greedy decoding reproduces the misreading, so
   the ~40% of held-out questions with such a sentence start out wrong for a reason the
   teacher's rationales can fix.
-- The "teacher" rationales are always right and less rambling (they restate the facts and
-  repeat each result, about 5-7 steps, like the R1-distilled teacher's); a concise 2-3 step
-  rationale exists in the generator for comparison. The curriculum's job is then the paper's:
-  more right answers, fewer tokens. `--teacher-checks R` makes the teacher double-check a share
-  R of its calculations in steps of their own, steps a student can drop: stages 2 and 3 then
-  have something to shorten (README, "Stages 2 and 3 at work").
+- The teacher is too verbose for the student, the paper's premise. Its rationales are always
+  right and written like an R1-distilled teacher's (verbose_teacher_steps): a paragraph per
+  operation, the solution buried in detours (what is asked, the question read again, "wait, let
+  me double-check that", running totals, a final verification), each there more often than not.
+  They are ~1.3x as long as the base model's own answers in tokens (the paper's: ~1.7x) and vary
+  in length from problem to problem. A student that imitates them whole writes every detour and
+  has more numbers to keep track of than the answer needs (stage 1 and the `sft` baseline get
+  longer); one that drops them is still right: stages 2 and 3 have something to take away. The
+  numbers stay small (up to 12) so that the base can do the arithmetic and errs through what it
+  writes around it, as the paper's competent 3B base does.
+- `--teacher tidy` is the control world: the teacher of earlier versions, a rationale of 5-7
+  short steps that is *shorter* than the base's rambling, which the student simply copies
+  (README, "The control world"). `--teacher-checks R` makes the tidy teacher double-check a
+  share R of its calculations in steps of their own. A concise 2-3 step rationale exists in the
+  generator for comparison.
 
 What a world folder holds (every file is rebuilt from the seed; nothing here is committed):
     train.jsonl     GSM8K-format training questions ({"question", "answer": "... #### N"})
@@ -37,7 +46,8 @@ What a world folder holds (every file is rebuilt from the seed; nothing here is 
     base/           the pre-trained base checkpoint (loads with Qwen2.from_pretrained)
     world.json      the preset, the seed, sizes, timing and the settings the stages should use here
 
-    python tiny_world.py --out runs/tiny/world --preset tiny      # ~7 min on 2 CPU cores
+    python tiny_world.py --out runs/tiny/world --preset tiny      # ~5 min on 2 CPU cores
+    python tiny_world.py --out runs/control/world --teacher tidy  # the control world
     python tiny_world.py table runs/tiny                          # the curriculum's results table
 """
 from __future__ import annotations
@@ -79,7 +89,9 @@ class Preset:
     error_rate: float = 0.1   # share of pre-training solutions with one slip of arithmetic
     misread_rate: float = 0.75  # how often the pre-training author misreads a misleading sentence
     structured_rate: float = 0.25  # pre-training solutions laid out like the teacher's, not rambling
-    teacher_checks: float = 0.0    # share of the teacher's calculations it double-checks in a step of its own
+    teacher: str = "verbose"       # the teacher's style (TEACHERS): verbose, R1-like (the default), or tidy (the control)
+    detour_rate: float = 0.7       # verbose teacher: how often each of its detours is there
+    teacher_checks: float = 0.0    # tidy teacher: share of its calculations it double-checks in a step of its own
     max_value: int = 99       # every number in a problem, intermediate results included
     # the base's pre-training mixture: which prompt each solution follows (see FORMS)
     form_shares: tuple = (0.4, 0.2, 0.2, 0.2)
@@ -95,15 +107,17 @@ PRESETS = {
     # difference between the two builds (53% after 400).
     "test": Preset(n_train=400, n_test=200, min_ops=2, max_ops=2, vocab_size=768, hidden=128,
                    layers=2, heads=4, kv_heads=2, base_steps=400, batch_size=16, lr=3e-3, max_value=20,
-                   misread_rate=0.5, n_form_probe=100),
-    # for `bash curriculum.sh tiny`: the base takes about 4 of the run's 10 minutes. It needs the
+                   misread_rate=0.5, n_form_probe=100, teacher="tidy"),
+    # for `bash curriculum.sh tiny`: the base takes about 5 of the run's 15 minutes. Numbers up to
+    # 12: with 20, the base got 37% of its calculations right and the curriculum had to teach
+    # arithmetic, which reconstruction cannot (docs/tiny_world_log.md). It needs the
     # 700 steps: after 560 it had not learned to copy from a prompt (right 22-24% under the
     # reconstruction and hinted prompts, against 72% and 62% after 700, in builds before fd66954),
     # and stage 1 gave +1 point. lr 2e-3: at 3e-3 the loss of every world jumped 1.25-2.5x late in
     # the warm-up, and in one build world 1's base then never learned to use the prompt (25.5% under the
     # reconstruction prompt; 87% at 2e-3, docs/tiny_world_log.md).
     "tiny": Preset(n_train=4000, n_test=500, min_ops=2, max_ops=3, vocab_size=1024, hidden=192,
-                   layers=4, heads=6, kv_heads=2, base_steps=700, batch_size=32, lr=2e-3, max_value=20),
+                   layers=4, heads=6, kv_heads=2, base_steps=700, batch_size=32, lr=2e-3, max_value=12),
 }
 
 
@@ -197,12 +211,51 @@ def calc(s: Step, result: int | None = None) -> str:
     return f"{s.before} {SYMBOL[s.op]} {s.operand} = {s.after if result is None else result}"
 
 
-def teacher_steps(rng: random.Random, p: Problem, checks: float = 0.0) -> list[str]:
-    """The verbose teacher: restate the question and the start, one step per operation that
-    restates its fact and computes, sometimes a step repeating the running total, then the result
-    again. n + 3 steps (5-7 for 2-4 operations), plus a repeat now and then. With `checks` > 0,
-    that share of the calculations is followed by a step that does it again, as R1's rationales
-    double-check theirs: steps a student can drop without losing anything (--teacher-checks)."""
+def verbose_teacher_steps(rng: random.Random, p: Problem, detour_rate: float = 0.7) -> list[str]:
+    """The default teacher, written like an R1-distilled one: right every time, and longer than
+    the base model's own answers. Its steps are paragraphs, as R1's are (the paper's teacher
+    writes ~4.7 steps of ~60 words): the start, one paragraph per operation that restates its fact
+    and computes, and the result. The solution proper is buried in detours, each there with
+    probability `detour_rate`: saying what is asked, reading the whole question again,
+    double-checking each calculation, repeating the running total, verifying the whole chain at
+    the end. So its length varies from problem to problem; a student that imitates it whole
+    writes every detour (each is there more often than not, so greedy decoding keeps them all)
+    and has many more numbers to keep track of than the answer needs, and one that drops them is
+    still right. The detours are what stages 2 and 3 can take away."""
+    def detour() -> bool:
+        return rng.random() < detour_rate
+
+    opening = []
+    if detour():
+        opening.append(f"Okay, so we need to find how many {p.item} {p.name} has now.")
+    if detour():
+        opening.append(f"Let me read the question again. {p.name} has {p.start} {p.item}. "
+                       + " ".join(s.fact for s in p.steps))
+    opening.append(f"{p.name} starts with {p.start} {p.item}.")
+    out = [" ".join(opening)]
+    for s in p.steps:
+        step = [f"{s.fact} So {calc(s)} {p.item}."]
+        if detour():
+            step.append(f"Wait, let me double-check that: {calc(s)}. Yes, that is right.")
+        if s is not p.steps[-1] and detour():
+            step.append(f"So now {p.name} has {s.after} {p.item}.")
+        out.append(" ".join(step))
+    closing = []
+    if detour():
+        closing.append("Let me verify the whole thing once more: " + ", then ".join(calc(s) for s in p.steps)
+                       + ". Correct.")
+    closing.append(f"So {p.name} has {p.answer} {p.item} now.")
+    out.append(" ".join(closing))
+    return out
+
+
+def tidy_teacher_steps(rng: random.Random, p: Problem, checks: float = 0.0) -> list[str]:
+    """The control world's teacher (`--teacher tidy`): restate the goal and the start, one step
+    per operation that restates its fact and computes, sometimes a step repeating the running
+    total, then the result again. n + 3 steps (5-7 for 2-4 operations), plus a repeat now and
+    then: shorter than the base model's rambling, so its student simply copies it (README). With
+    `checks` > 0, that share of the calculations is followed by a step that does it again
+    (--teacher-checks): steps a student can drop without losing anything."""
     out = [f"We need to find how many {p.item} {p.name} has now.", f"{p.name} starts with {p.start} {p.item}."]
     for s in p.steps:
         out.append(f"{s.fact} So {calc(s)} {p.item}.")
@@ -212,6 +265,20 @@ def teacher_steps(rng: random.Random, p: Problem, checks: float = 0.0) -> list[s
             out.append(f"Now {p.name} has {s.after} {p.item}.")
     out.append(f"So {p.name} has {p.answer} {p.item} now.")
     return out
+
+
+TEACHERS = ("verbose", "tidy")
+# what a world built before a setting existed was built with, where that is not the setting's default
+BEFORE_SETTING = {"teacher": "tidy"}
+
+
+def teacher_steps(rng: random.Random, p: Problem, preset: "Preset") -> list[str]:
+    """The preset's teacher's steps for problem p."""
+    if preset.teacher == "verbose":
+        return verbose_teacher_steps(rng, p, preset.detour_rate)
+    if preset.teacher == "tidy":
+        return tidy_teacher_steps(rng, p, preset.teacher_checks)
+    raise ValueError(f"teacher {preset.teacher!r}: expected one of {', '.join(TEACHERS)}")
 
 
 def concise_steps(p: Problem) -> list[str]:
@@ -296,8 +363,8 @@ def gsm8k_record(p: Problem) -> dict:
     return {"question": p.question, "answer": "\n".join(lines) + f"\n#### {p.answer}"}
 
 
-def teacher_record(rng: random.Random, p: Problem, checks: float = 0.0) -> dict:
-    steps = teacher_steps(rng, p, checks)
+def teacher_record(rng: random.Random, p: Problem, preset: Preset) -> dict:
+    steps = teacher_steps(rng, p, preset)
     return {"question": p.question, "answer": str(p.answer), "rationale": format_steps(steps, p.answer),
             "steps": steps}
 
@@ -346,7 +413,7 @@ def form_prompt(form: str, p: Problem, teacher: dict, rng: random.Random) -> tup
 def pretraining_text(rng: random.Random, p: Problem, preset: Preset) -> tuple[str, str, str]:
     """(form, prompt, completion) of one pre-training document: a form drawn by form_shares."""
     form = rng.choices(FORMS, weights=preset.form_shares)[0]
-    prompt, known = form_prompt(form, p, teacher_record(rng, p, preset.teacher_checks), rng)
+    prompt, known = form_prompt(form, p, teacher_record(rng, p, preset), rng)
     return form, prompt, base_completion(rng, p, preset, known)
 
 
@@ -505,8 +572,8 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def measure_forms(model_dir: Path, problems: list[Problem], seed: int, max_new_tokens: int = 256,
-                  batch_size: int = 100, teacher_checks: float = 0.0) -> dict:
+def measure_forms(model_dir: Path, problems: list[Problem], seed: int, preset: Preset, max_new_tokens: int = 256,
+                  batch_size: int = 100) -> dict:
     """The base model under every prompt form (greedy, eval.py's stop rule and grading), on
     held-out problems: {form: {accuracy, mean_generated_tokens, n}}. The curriculum trains on
     each form, so each needs a base that is sometimes right there (reward spread)."""
@@ -519,7 +586,7 @@ def measure_forms(model_dir: Path, problems: list[Problem], seed: int, max_new_t
     table = {}
     for form in FORMS:
         rng = random.Random(f"{seed}:forms:{form}")
-        prompts = [form_prompt(form, p, teacher_record(rng, p, teacher_checks), rng)[0] for p in problems]
+        prompts = [form_prompt(form, p, teacher_record(rng, p, preset), rng)[0] for p in problems]
         right, tokens = 0, 0
         with torch.no_grad():
             for batch, out in answer_in_batches(model, tok, tok.encode_batch(prompts), batch_size, max_new_tokens):
@@ -569,16 +636,18 @@ def suggested_settings(teacher: list[dict]) -> dict:
 
 
 def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: str = "cpu",
-                progress: bool = True, teacher_checks: float | None = None) -> World:
+                progress: bool = True, teacher: str | None = None, teacher_checks: float | None = None) -> World:
     """Build the world in out_dir (or return the one already there, if it has the same preset,
     settings and seed). Everything is written to a temporary folder first, world.json last.
-    teacher_checks, when given, replaces the preset's (world.json records the settings used)."""
+    teacher and teacher_checks, when given, replace the preset's (world.json records the settings used)."""
     root = Path(out_dir)
     name = preset if isinstance(preset, str) else "custom"
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
+    if teacher is not None:
+        preset = dataclasses.replace(preset, teacher=teacher)
     if teacher_checks is not None:
         preset = dataclasses.replace(preset, teacher_checks=teacher_checks)
     # (through JSON, so that it compares equal to what world.json reads back: tuples become lists)
@@ -588,6 +657,7 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
         info = json.loads(meta.read_text())
         # a setting newer than the world (absent from its world.json) was built at its default
         defaults = {f.name: f.default for f in dataclasses.fields(Preset) if f.default is not dataclasses.MISSING}
+        defaults.update(BEFORE_SETTING)
         saved = {**info, "settings": {**json.loads(json.dumps(defaults)), **info.get("settings", {})}}
         if {k: saved.get(k) for k in wanted} != wanted:
             raise ValueError(f"{meta}: a world with preset {info.get('preset')!r} seed {info.get('seed')} "
@@ -608,7 +678,7 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
         train = generate_problems(rng, preset.n_train, preset, taken)
         pretrain = generate_problems(rng, preset.base_steps * preset.batch_size, preset, taken)
         # 2. files in the formats the real scripts read
-        teacher = [teacher_record(rng, p, preset.teacher_checks) for p in train]
+        teacher = [teacher_record(rng, p, preset) for p in train]
         write_jsonl(tmp / "train.jsonl", [gsm8k_record(p) for p in train])
         write_jsonl(tmp / "test.jsonl", [gsm8k_record(p) for p in test])
         write_jsonl(tmp / "teacher.jsonl", teacher)
@@ -626,8 +696,7 @@ def build_world(out_dir, preset: str | Preset = "test", seed: int = 0, device: s
         base = pretrain_base(preset, [(prompt, completion) for _, prompt, completion in documents],
                              tmp / "tokenizer", tmp / "base", seed, device, progress)
         measure_start = time.time()
-        base["by_form"] = measure_forms(tmp / "base", test[:preset.n_form_probe], seed,
-                                        teacher_checks=preset.teacher_checks)
+        base["by_form"] = measure_forms(tmp / "base", test[:preset.n_form_probe], seed, preset)
         base["by_form_seconds"] = round(time.time() - measure_start, 1)
         forms = [form for form, _, _ in documents]
         info = {**wanted, "suggested": suggested_settings(teacher), "base": base,
@@ -652,11 +721,12 @@ STAGES = ("base", "stage1", "stage2", "stage3", "sft", "grpo")  # sft, grpo: the
 
 
 def results_table(run_dir) -> list[dict]:
-    """Rows from RUN/eval/<stage>/summary.json (written by eval.py) and RUN/timings.tsv (lines
+    """Rows from RUN/eval/<name>/summary.json (written by eval.py) and RUN/timings.tsv (lines
     `<stage> <seconds>`, the wall time of the step that made the checkpoint), written to
     RUN/results.json and RUN/results.md, plus RUN/results.svg (accuracy against tokens, and the
-    training curves from RUN/<stage>/metrics.jsonl). With RUN/world/world.json, results.md also
-    shows the base model under each prompt form."""
+    training curves from RUN/<name>/metrics.jsonl). The curriculum's rows (STAGES) come first,
+    any other folder of eval/ after them, and each row is compared with the first. With
+    RUN/world/world.json, results.md also shows the base model under each prompt form."""
     run = Path(run_dir)
     seconds: dict[str, float] = {}
     timings = run / "timings.tsv"
@@ -667,10 +737,11 @@ def results_table(run_dir) -> list[dict]:
                 raise ValueError(f"{timings}:{line_no}: expected '<step> <seconds>', got {line!r}")
             seconds[parts[0]] = seconds.get(parts[0], 0.0) + float(parts[1])
     rows = []
-    for stage in STAGES:
+    # the curriculum's rows in their order, then any others (the reward lab's) in the order they ran
+    found = {p.parent.name for p in (run / "eval").glob("*/summary.json")}
+    ran = [name for name in seconds if name in found and name not in STAGES]
+    for stage in [s for s in STAGES if s in found] + ran + sorted(found - set(STAGES) - set(ran)):
         summary_path = run / "eval" / stage / "summary.json"
-        if not summary_path.is_file():
-            continue
         s = json.loads(summary_path.read_text())
         rows.append({"stage": stage, "accuracy": s["accuracy"], "accuracy_ci95": s["accuracy_ci95"],
                      "mean_generated_tokens": s["mean_generated_tokens"], "n": s["n"],
@@ -701,7 +772,7 @@ def results_table(run_dir) -> list[dict]:
         lines += [f"| {form} | {100 * f['accuracy']:.1f}% | {f['mean_generated_tokens']:.1f} | {f['n']} |"
                   for form, f in by_form.items()]
     cli.write_atomic(run / "results.md", "\n".join(lines) + "\n")
-    cli.write_atomic(run / "results.svg", results_svg(rows, training_curves(run)))
+    cli.write_atomic(run / "results.svg", results_svg(rows, training_curves(run, [r["stage"] for r in rows])))
     print("\n".join(lines))
     print(f"plot: {run / 'results.svg'}")
     return rows
@@ -720,27 +791,30 @@ def misleading_split(samples_path: Path) -> dict:
             (("misleading", groups[True]), ("other", groups[False]))}
 
 
-# Training curves: (panel title, metrics.jsonl key, the stages that log it)
-CURVES = (("stage 1 / sft: target loss", "loss", ("stage1", "sft")),
-          ("GRPO: mean reward", "reward", ("stage2", "stage3", "grpo")),
-          ("GRPO: sampled accuracy", "accuracy", ("stage2", "stage3", "grpo")),
-          ("GRPO: completion tokens", "completion_tokens", ("stage2", "stage3", "grpo")),
-          ("GRPO: KL to the reference", "kl", ("stage2", "stage3", "grpo")))
+# Training curves: (panel title, metrics.jsonl key, which runs: "sft" = stage 1's kind, "grpo" = GRPO's)
+CURVES = (("stage 1 / sft: target loss", "loss", "sft"),
+          ("GRPO: mean reward", "reward", "grpo"),
+          ("GRPO: sampled accuracy", "accuracy", "grpo"),
+          ("GRPO: completion tokens", "completion_tokens", "grpo"),
+          ("GRPO: KL to the reference", "kl", "grpo"))
 
 
-def training_curves(run: Path) -> list[tuple[str, dict[str, list[float]]]]:
-    """[(title, {stage: values by step})] from RUN/<stage>/metrics.jsonl, for the panels of CURVES."""
+def training_curves(run: Path, names) -> list[tuple[str, dict[str, list[float]]]]:
+    """[(title, {name: values by step})] from RUN/<name>/metrics.jsonl, for the panels of CURVES
+    (a GRPO run is one whose metrics have a reward)."""
     logs = {}
-    for stage in STAGES[1:]:
-        path = run / stage / "metrics.jsonl"
+    for name in names:
+        path = run / name / "metrics.jsonl"
         if path.is_file():
-            logs[stage] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(title, {s: [r[key] for r in logs[s] if r.get(key) is not None] for s in stages if s in logs})
-            for title, key, stages in CURVES]
+            logs[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kind = {name: "grpo" if any("reward" in r for r in log) else "sft" for name, log in logs.items()}
+    return [(title, {s: [r[key] for r in log if r.get(key) is not None] for s, log in logs.items() if kind[s] == k})
+            for title, key, k in CURVES]
 
 
 COLORS = {"base": "black", "stage1": "#1f77b4", "stage2": "#2ca02c", "stage3": "#d62728", "sft": "#ff7f0e",
           "grpo": "#9467bd"}
+OTHER_COLORS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#393b79")  # rows beyond STAGES
 
 
 def svg_panel(x: float, y: float, title: str, series: dict[str, list[tuple[float, float]]], xlabel: str,
@@ -766,18 +840,54 @@ def svg_panel(x: float, y: float, title: str, series: dict[str, list[tuple[float
             f'<text x="{x + w / 2}" y="{y + h + 28}" text-anchor="middle">{xlabel}</text>',
             f'<text x="{x - 4}" y="{bottom + 4:.1f}" text-anchor="end">{lo_y:.3g}</text>',
             f'<text x="{x - 4}" y="{top + 4:.1f}" text-anchor="end">{hi_y:.3g}</text>']
+    colors = series_colors(list(series))
+    if points:  # one labelled point per series; the labels are moved apart where they would overlap
+        where = {name: at(*pts[0]) for name, pts in series.items()}
+        labels = {name: f"{name} ({pts[0][1]:.1f}%, {pts[0][0]:.0f})" for name, pts in series.items()}
+        for name, (lx, ly, anchor) in place_labels(where, labels, x, x + w).items():
+            (dx, dy), color = where[name], colors[name]
+            out.append(f'<circle cx="{dx:.1f}" cy="{dy:.1f}" r="4" fill="{color}"/>')
+            if abs(ly - (dy - 6)) > 1:  # moved: a thin line from the point to its label
+                out.append(f'<line x1="{dx:.1f}" y1="{dy:.1f}" x2="{lx:.1f}" y2="{ly - 4:.1f}" stroke="{color}" '
+                           f'stroke-width="0.7"/>')
+            out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" fill="{color}">{labels[name]}</text>')
+        return out
     for i, (name, pts) in enumerate(series.items()):
-        color = COLORS.get(name, "gray")
+        color = colors[name]
         xy = [at(px, py) for px, py in pts]
-        if points:
-            for (px, py), (dx, dy) in zip(pts, xy):
-                out.append(f'<circle cx="{dx:.1f}" cy="{dy:.1f}" r="4" fill="{color}"/>'
-                           f'<text x="{dx + 6:.1f}" y="{dy - 6:.1f}" fill="{color}">{name} ({py:.1f}%, {px:.0f})</text>')
-        else:
-            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="'
-                       + " ".join(f"{dx:.1f},{dy:.1f}" for dx, dy in xy) + '"/>')
-            out.append(f'<text x="{x + w - 4}" y="{y + 14 + 13 * i}" text-anchor="end" fill="{color}">{name}</text>')
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="'
+                   + " ".join(f"{dx:.1f},{dy:.1f}" for dx, dy in xy) + '"/>')
+        out.append(f'<text x="{x + w - 4}" y="{y + 14 + 13 * i}" text-anchor="end" fill="{color}">{name}</text>')
     return out
+
+
+def series_colors(names: list[str]) -> dict[str, str]:
+    """The curriculum's rows keep their colours (COLORS); other rows take OTHER_COLORS in turn."""
+    others = iter(OTHER_COLORS * (1 + len(names) // len(OTHER_COLORS)))
+    return {name: COLORS.get(name) or next(others) for name in names}
+
+
+LABEL_HEIGHT, CHAR_WIDTH = 13.0, 6.2  # at font-size 11, a generous width per character
+
+
+def place_labels(points: dict[str, tuple[float, float]], labels: dict[str, str], left: float,
+                 right: float) -> dict[str, tuple[float, float, str]]:
+    """Where to write each point's label: {name: (x, y of the baseline, text-anchor)}. A label
+    sits just above and beside its point (to the right in the panel's left half, to the left in
+    its right half) and moves down, a line at a time, until it overlaps no label placed before it
+    (points taken from the top), so points that nearly coincide still get legible labels."""
+    placed: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1 of each label's box
+    where = {}
+    for name, (px, py) in sorted(points.items(), key=lambda item: (item[1][1], item[1][0])):
+        width = CHAR_WIDTH * len(labels[name])
+        to_right = px < (left + right) / 2
+        x0 = px + 6 if to_right else px - 6 - width
+        y = py - 6
+        while any(x0 < b[2] and b[0] < x0 + width and y - LABEL_HEIGHT + 2 < b[3] and b[1] < y + 2 for b in placed):
+            y += LABEL_HEIGHT
+        placed.append((x0, y - LABEL_HEIGHT + 2, x0 + width, y + 2))
+        where[name] = (px + 6 if to_right else px - 6, y, "start" if to_right else "end")
+    return where
 
 
 def moving_mean(values: list[float], window: int = 5) -> list[float]:
@@ -817,10 +927,12 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/tiny/world", help="world folder (reused if already built)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="world size (test: the test suite's)")
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="problems, tokenizer and model initialisation")
+    parser.add_argument("--teacher", default=None, choices=TEACHERS,
+                        help="verbose: R1-like, longer than the base's answers (the default); tidy: shorter than "
+                             "them, the control world (README)")
     parser.add_argument("--teacher-checks", type=cli.probability, default=None,
-                        help="share of the teacher's calculations it double-checks in a step of its own, which a "
-                             "student can drop: stage 2's length reward then has something to take away (default: "
-                             "the preset's, 0; README)")
+                        help="tidy teacher: share of its calculations it double-checks in a step of its own, which a "
+                             "student can drop (default: the preset's, 0; docs/tiny_world_findings.md)")
     parser.add_argument("--device", default="cpu", help="the tiny model is faster on CPU than it is worth moving")
     parser.add_argument("--threads", type=cli.positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -829,7 +941,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     start = time.time()
     world = build_world(args.out, args.preset, args.seed, args.device, progress=not args.quiet,
-                        teacher_checks=args.teacher_checks)
+                        teacher=args.teacher, teacher_checks=args.teacher_checks)
     info = world.info
     print(f"tiny world ({info['preset']}, seed {info['seed']}) in {world.root}: {info['sizes']['train']} train / "
           f"{info['sizes']['test']} test questions, base model {info['base']['parameters']:,} parameters, "

@@ -54,11 +54,15 @@ def test_same_seed_same_files_other_seed_other_world(tmp_path):
     # a world built before a setting existed (absent from its world.json) was built at its default
     older = json.loads((a.root / "world.json").read_text())
     del older["settings"]["teacher_checks"]
+    # (and one built before the teacher was a setting had the tidy teacher, this preset's)
+    del older["settings"]["teacher"], older["settings"]["detour_rate"]
     (tmp_path / "older").mkdir()
     (tmp_path / "older" / "world.json").write_text(json.dumps(older))
     assert tw.build_world(tmp_path / "older", MICRO, seed=3).info == older
     with pytest.raises(ValueError, match="seed 3"):
         tw.build_world(tmp_path / "older", MICRO, seed=3, teacher_checks=0.5)
+    with pytest.raises(ValueError, match="seed 3"):
+        tw.build_world(tmp_path / "older", MICRO, seed=3, teacher="verbose")
 
 
 def test_a_reused_test_world_is_keyed_on_the_code_that_builds_it(tmp_path):
@@ -113,7 +117,8 @@ def test_generated_arithmetic_is_right():
         assert x == p.answer
         assert parse_gold(tw.gsm8k_record(p)["answer"]) == str(p.answer)
         concise = tw.format_steps(tw.concise_steps(p), p.answer)
-        assert len(concise.split()) < len(tw.format_steps(tw.teacher_steps(rng, p), p.answer).split())
+        for preset in tw.PRESETS["tiny"], tw.PRESETS["test"]:  # the verbose teacher and the tidy one
+            assert len(concise.split()) < len(tw.format_steps(tw.teacher_steps(rng, p, preset), p.answer).split())
 
 
 def test_teacher_checks_repeat_a_calculation_and_change_nothing_else():
@@ -123,10 +128,10 @@ def test_teacher_checks_repeat_a_calculation_and_change_nothing_else():
     for _ in range(50):
         p = tw.make_problem(rng, rng.randint(2, 4), 99)
         seed = rng.random()
-        plain = tw.teacher_steps(random.Random(seed), p)
-        assert tw.teacher_steps(random.Random(seed), p, checks=0.0) == plain
+        plain = tw.tidy_teacher_steps(random.Random(seed), p)
+        assert tw.tidy_teacher_steps(random.Random(seed), p, checks=0.0) == plain
         assert not any(step.startswith("Let me double-check") for step in plain)
-        checked = tw.teacher_steps(random.Random(seed), p, checks=1.0)
+        checked = tw.tidy_teacher_steps(random.Random(seed), p, checks=1.0)
         for s in p.steps:  # every calculation, then its check right after it
             i = checked.index(f"{s.fact} So {tw.calc(s)} {p.item}.")
             assert checked[i + 1] == f"Let me double-check: {tw.calc(s)}. Correct."
@@ -134,6 +139,59 @@ def test_teacher_checks_repeat_a_calculation_and_change_nothing_else():
         assert len(checked) == len(without_checks) + len(p.steps) and without_checks[-1] == plain[-1]
     with pytest.raises(SystemExit):
         tw.main(["--teacher-checks", "1.5", "--out", "/nonexistent/never-built"])
+
+
+def test_the_verbose_teacher_buries_a_right_solution_in_detours():
+    """Every rationale of the default teacher computes every step and ends on the answer, with or
+    without its detours; at detour rate 0 it is the bare solution (start, one paragraph per
+    operation, result), at 1 it has every detour, and in between it lies between the two."""
+    rng = random.Random(7)
+    for _ in range(50):
+        p = tw.make_problem(rng, rng.randint(2, 3), 12)
+        bare = tw.verbose_teacher_steps(random.Random(0), p, detour_rate=0.0)
+        full = tw.verbose_teacher_steps(random.Random(0), p, detour_rate=1.0)
+        some = tw.verbose_teacher_steps(rng, p, detour_rate=0.7)
+        for steps in bare, full, some:
+            assert len(steps) == len(p.steps) + 2 and f"{p.answer} {p.item}" in steps[-1]
+            assert all(f"So {tw.calc(s)} {p.item}." in steps[i + 1] for i, s in enumerate(p.steps))
+            assert extract_answer(tw.format_steps(steps, p.answer)) == str(p.answer)
+        assert bare[0] == f"{p.name} starts with {p.start} {p.item}." and "Wait" not in " ".join(bare)
+        assert " ".join(full).count("Wait, let me double-check that") == len(p.steps)
+        assert len(" ".join(bare).split()) <= len(" ".join(some).split()) <= len(" ".join(full).split())
+
+
+def test_the_default_teacher_is_longer_than_the_base_and_varies_in_length():
+    """The paper's premise, at the level of the generator (no model needed): the default world's
+    teacher writes longer than its base model's own answers (the paper's: ~1.7x in tokens; ours
+    ~1.3x in tokens, 1.28x in words), the same question gets rationales of different lengths
+    (so stage 1's student varies too, and stage 2's groups have lengths to choose between), and
+    the paper's length-aware reward, at the budget world.json suggests, scores the bare solution
+    above the detoured one, with the control world's tidy teacher shorter than the base."""
+    import stage2_grpo as s2
+    from teacher import TeacherExample as Example
+    rng, preset = random.Random(11), tw.PRESETS["tiny"]
+    problems = [tw.make_problem(rng, rng.randint(preset.min_ops, preset.max_ops), preset.max_value)
+                for _ in range(300)]
+
+    def words(text):
+        return len(text.split())
+    teacher = [words(tw.format_steps(tw.teacher_steps(rng, p, preset), p.answer)) for p in problems]
+    base = [words(tw.base_completion(rng, p, preset)) for p in problems]
+    tidy_preset = dataclasses.replace(preset, teacher="tidy")
+    tidy = [words(tw.format_steps(tw.teacher_steps(rng, p, tidy_preset), p.answer)) for p in problems]
+    assert sum(teacher) > 1.2 * sum(base) and sum(tidy) < sum(base)
+    spread = [len({words(" ".join(tw.teacher_steps(random.Random(f"{i}:{g}"), p, preset))) for g in range(8)})
+              for i, p in enumerate(problems[:100])]
+    assert sum(n > 1 for n in spread) >= 95  # a group of 8 draws almost always has 2+ lengths
+    records = [tw.teacher_record(rng, p, preset) for p in problems]
+    wps = tw.suggested_settings(records)["stage2_words_per_step"]
+    shorter_wins = 0
+    for p, r in zip(problems[:100], records):
+        example = Example(r["question"], r["answer"], r["rationale"], r["steps"])
+        answers = [tw.format_steps(tw.verbose_teacher_steps(random.Random(0), p, rate), p.answer) for rate in (0, 1)]
+        bare, full = (s2.reward_paper(s2.Completion(a, 0, 256), example, wps) for a in answers)
+        shorter_wins += bare > full
+    assert shorter_wins >= 90
 
 def misleading_problem(rng):
     """A problem with at least one misleading sentence (see tiny_world.MISLEADING)."""
@@ -173,7 +231,7 @@ def test_pretraining_documents_use_every_stage_prompt():
     forms = [tw.pretraining_text(rng, misleading_problem(rng), preset)[0] for _ in range(300)]
     assert set(forms) == set(tw.FORMS) and forms.count("plain") > forms.count("rewrite")
     p = misleading_problem(rng)
-    teacher = tw.teacher_record(rng, p)
+    teacher = tw.teacher_record(rng, p, preset)
     plain, known = tw.form_prompt("plain", p, teacher, random.Random(0))
     assert plain == build_prompt(p.question) and known == frozenset()
     rewrite, known = tw.form_prompt("rewrite", p, teacher, random.Random(0))
@@ -279,3 +337,21 @@ def test_results_table(tmp_path):
     (tmp_path / "timings.tsv").write_text("base\n")
     with pytest.raises(ValueError, match="timings.tsv:1"):
         tw.results_table(tmp_path)
+
+
+def test_the_plot_labels_points_that_nearly_coincide_legibly():
+    """Stage 2, stage 3 and a lab row can land within a pixel of each other: their labels are
+    moved apart until no two boxes overlap, and each stays on its point's side."""
+    points = {"stage2": (100.0, 50.0), "stage3": (101.0, 51.0), "paper": (100.5, 50.5), "sft": (280.0, 52.0),
+              "base": (150.0, 150.0)}
+    labels = {name: f"{name} (80.0%, 46)" for name in points}
+    where = tw.place_labels(points, labels, left=60.0, right=360.0)
+    boxes = []
+    for name, (x, y, anchor) in where.items():
+        width = tw.CHAR_WIDTH * len(labels[name])
+        x0 = x if anchor == "start" else x - width
+        assert (anchor == "start") == (points[name][0] < 210.0) and y >= points[name][1] - 6
+        boxes.append((x0, y - tw.LABEL_HEIGHT + 2, x0 + width, y + 2))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
