@@ -635,6 +635,12 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
         if "correct" not in part and getattr(examples[row // G], "answer", None) is not None:
             part["correct"] = float(_correct(ro.texts[row], examples[row // G]))
     advantages, zero_var = group_advantages(rewards, G, std_scale=cfg.std_scale)
+    # A completion scored under a prompt it was not sampled from (stage 3's --policy-prompt eval)
+    # is no policy-gradient sample there: the model never wrote it under that prompt, so there is
+    # nothing to push down. Such rows learn from the better completions only (advantage clamped
+    # at 0: reward-weighted fine-tuning); the worse ones keep only the KL term.
+    off_policy = torch.tensor([loss_prompts[r] != ro.prompts[r] for r in range(len(ro.texts))])
+    advantages = torch.where(off_policy, advantages.clamp(min=0), advantages)
     rows = [r for r in range(len(ro.texts))
             if (cfg.keep_zero_variance or not zero_var[r // G])
             and not (cfg.truncated == "exclude" and ro.truncated[r])]

@@ -24,18 +24,23 @@ The pieces, in the order this file defines them:
   4. GRPO             - imported from stage2_grpo.py: the same loop, options, metrics.jsonl,
                         checkpoints and --resume. Only the prompts and the reward are this file's.
 
-Which prompt the policy gradient is taken under (`--policy-prompt`). The rollouts are sampled
-from the rewriting prompt, because that is where the teacher's rationale is. The evaluation,
-however, asks the question with no rationale at all (eval.PROMPT_TEMPLATE). With
-`--policy-prompt rewrite` (the paper's text) the loss conditions each rewrite on the rewriting
-prompt it was sampled from: the student learns to rewrite, and only what that shares with
-answering (the short step format, the final line) reaches the zero-shot evaluation. With
-`--policy-prompt eval` the same sampled rewrite is scored as an answer to the plain evaluation
-prompt, so the correct concise rewrites of questions the student could not solve become
-answers it learns to give unaided. The authors' released code scores the response with no
-prompt at all (one of its defects, like those PAPER.md lists for stage 2), which is the second
-reading's effect, not the first's; hence the default. Which transfers better is one flag to
-compare (we have not measured it yet).
+Which prompt the loss conditions on (`--policy-prompt`). The rollouts are sampled from the
+rewriting prompt, because that is where the teacher's rationale is; the evaluation asks the
+question with no rationale at all (eval.PROMPT_TEMPLATE).
+  rewrite (the default, the paper's text) - GRPO as in stage 2, on-policy: the loss conditions
+      each rewrite on the rewriting prompt it was sampled from. The student learns to rewrite,
+      and what that shares with answering (the short step format, the final line) reaches the
+      zero-shot evaluation.
+  eval - the same sampled rewrite is trained as an answer to the plain evaluation prompt, so the
+      correct concise rewrites of questions the student could not solve become answers it
+      learns to give unaided. This is not a policy gradient: the samples did not come from
+      pi(.|eval prompt), and no importance weight can correct for the change of prompt. So
+      stage 2's grpo_step keeps only the better rewrites' push (negative advantages clamped to
+      0): reward-weighted fine-tuning on the student's own best rewrites, as STaR's
+      "rationalization" is, and the k3 term is a regulariser toward the reference under the
+      eval prompt, not an estimate of the KL of the samples. The authors' released code scores
+      the response with no prompt at all, which is closer to this reading than to the first.
+The README compares the two on the tiny world.
 
 The defaults are the authors' settings (G=2, temperature 0.7, top-p 0.9, 512 new tokens, lr
 1e-5, KL weight 0.1, 5 epochs, one AdamW step per 2 prompts, failures mined from teacher rows
@@ -323,9 +328,10 @@ def main(argv=None) -> dict:
     g.add_argument("--mine-batch-size", type=positive_int, default=32, help="sequences per generate call")
     g = parser.add_argument_group("stage 3: prompt and reward")
     stage2.add_reward_arguments(g, default="paper_rewrite")
-    g.add_argument("--policy-prompt", default="eval", choices=POLICY_PROMPTS,
-                   help="the prompt each sampled rewrite is scored under in the loss: the plain "
-                        "evaluation prompt, or the rewriting prompt it was sampled from (see the docstring)")
+    g.add_argument("--policy-prompt", default="rewrite", choices=POLICY_PROMPTS,
+                   help="the prompt each sampled rewrite is scored under in the loss: the rewriting prompt it was "
+                        "sampled from (GRPO), or the plain evaluation prompt (reward-weighted fine-tuning on the "
+                        "better rewrites; see the docstring)")
     args = parser.parse_args(argv)
     if args.failure_threshold is None:
         args.failure_threshold = args.attempts

@@ -334,8 +334,8 @@ def test_stage3_resume_checks_its_own_options(tiny_world, tmp_path):
             "--save-every", "1", "--reward", "correct", "--device", "cpu", "--quiet"]
     s3.main(args)
     assert (out / "checkpoint-1" / resume.STATE_JSON).is_file()
-    with pytest.raises(SystemExit, match=r"--policy-prompt \(saved 'eval', now 'rewrite'\)"):
-        s3.main([*args, "--resume", "--policy-prompt", "rewrite"])
+    with pytest.raises(SystemExit, match=r"--policy-prompt \(saved 'rewrite', now 'eval'\)"):
+        s3.main([*args, "--resume", "--policy-prompt", "eval"])
     s3.main([*args, "--resume", "--save-every", "5"])
     assert metrics_steps(out) == [1, 2]
     assert_complete_model(out)

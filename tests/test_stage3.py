@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+import stage2_grpo as s2
 import stage3_rewrite as s3
 from eval import build_prompt
 from stage2_grpo import Completion as C
@@ -221,8 +222,8 @@ def test_the_loss_conditions_each_rewrite_on_the_prompt_policy_prompt_names(poli
                                                                               monkeypatch):
     """Observed in the loss's forward, not inferred from metrics: each rewrite is sampled from the
     rewriting prompt of its question, and the loss conditions it on that question's plain
-    evaluation prompt (--policy-prompt eval, the default) or on the rewriting prompt it was
-    sampled from (rewrite)."""
+    evaluation prompt (--policy-prompt eval) or on the rewriting prompt it was sampled from
+    (rewrite, the default)."""
     sampled, trained = watch_rollouts_and_loss(monkeypatch)
     s3.main(["--model", str(tiny_world.base_model), "--failures", str(tiny_world.teacher), "--out", str(tmp_path / "s3"),
              "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "12", "--max-steps", "1",
@@ -250,3 +251,31 @@ def test_rewrite_prompt_holds_question_and_full_rationale():
     assert rationale in prompt
     assert "Final Answer: [number]" in prompt and "shorter" in prompt.lower()
     assert prompt.endswith(":")   # the model continues right after the cue
+
+
+@pytest.mark.parametrize("policy_prompt", ["eval", "rewrite"])
+def test_rewrites_trained_under_another_prompt_are_never_pushed_down(policy_prompt, tiny_world, tmp_path,
+                                                                     monkeypatch):
+    """Under --policy-prompt eval a rewrite is trained under a prompt it was not sampled from,
+    where pushing the worse one of a group down has no policy-gradient meaning: the loss sees
+    those advantages clamped at 0 (the better rewrites are learned from, as in reward-weighted
+    fine-tuning). On-policy (rewrite, the default) the worse rewrites keep their negative
+    advantages. The reward here is the text's length, so every group of 2 has one of each."""
+    seen = []
+    real_loss = s2.grpo_loss
+
+    def grpo_loss(new_logp, old_logp, advantages, *args, **kwargs):
+        seen.extend(advantages.flatten().tolist())
+        return real_loss(new_logp, old_logp, advantages, *args, **kwargs)
+    monkeypatch.setattr(s2, "grpo_loss", grpo_loss)
+    monkeypatch.setitem(s2.REWARDS, "length_for_test", lambda completion, example: float(len(completion.text)))
+    s3.main(["--model", str(tiny_world.base_model), "--failures", str(tiny_world.teacher), "--out", str(tmp_path / "s3"),
+             "--prompts-per-step", "3", "--group-size", "2", "--max-new-tokens", "12", "--max-steps", "1",
+             "--temperature", "1.0", "--save-every", "0", "--reward", "length_for_test", "--policy-prompt", policy_prompt,
+             "--device", "cpu", "--quiet"])
+    assert len(seen) >= 4  # groups with spread: one rewrite above, one below
+    above = [a for a in seen if a > 0.5]
+    if policy_prompt == "eval":
+        assert min(seen) == 0.0 and len(above) == len(seen) // 2
+    else:
+        assert sorted(seen) == pytest.approx(sorted(-a for a in seen)) and min(seen) < -0.5
