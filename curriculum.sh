@@ -28,6 +28,9 @@ export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-33554432} MALLOC_TRIM_TH
 
 if [ "$TARGET" = tiny ] || [ "$TARGET" = rewards ]; then
   RUN=${RUN:-runs/tiny}
+  if [ "$TARGET" = rewards ] && [ ! -f "$RUN/stage1/config.json" ]; then
+    echo "curriculum.sh rewards: $RUN/stage1 has no model; run 'bash curriculum.sh tiny' first (or set RUN)" >&2; exit 2
+  fi
   WORLD=$RUN/world
   TEACHER=$WORLD/teacher.jsonl
   TEST=$WORLD/test.jsonl
@@ -99,7 +102,7 @@ evaluate() {  # evaluate STAGE CHECKPOINT
 }
 
 # 0. the base model (tiny: build the world if it is missing)
-if [ "$TARGET" = tiny ]; then
+if [ "$TARGET" = tiny ] || [ "$TARGET" = rewards ]; then
   [ "$TARGET" = rewards ] || run base $PY tiny_world.py --out "$WORLD" --preset "$PRESET" ${WORLD_ARGS:-}
   # the world's own splits and stage-2 length budget (world.json "suggested", see tiny_world.py)
   read -r ROWS1 ROWS2 ROWS3 WPS < <($PY -c "import json; s = json.load(open('$WORLD/world.json'))['suggested']
@@ -110,7 +113,6 @@ fi
 # the reward lab: stage 2 again from the same stage-1 checkpoint, once per reward, LAB_STEPS steps
 # each, everything else as above; one table and plot against the stage-1 row
 if [ "$TARGET" = rewards ]; then
-  [ -f "$RUN/stage1/config.json" ] || { echo "curriculum.sh rewards: no $RUN/stage1 (run 'bash curriculum.sh tiny' first)" >&2; exit 2; }
   LAB=$RUN/rewards
   rm -rf "$LAB"; mkdir -p "$LAB/eval"; : > "$LAB/timings.tsv"
   cp -r "$RUN/eval/stage1" "$LAB/eval/stage1"

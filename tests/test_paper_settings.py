@@ -67,10 +67,13 @@ def test_stage3_defaults_are_the_papers(monkeypatch):
     assert a.reward == "paper_rewrite" and a.thinking == "keep"
 
 
+TINY_BRANCH = 'if [ "$TARGET" = tiny ] || [ "$TARGET" = rewards ]; then'  # the tiny world's settings (and the lab's)
+
+
 def _branch_settings(branch: str) -> dict[str, list[str]]:
     """S1/S2/S3 of one branch of curriculum.sh, with $VAR references expanded."""
     text = (ROOT / "curriculum.sh").read_text()
-    tiny, paper = text.split('if [ "$TARGET" = tiny ]; then', 1)[1].split("\nelse\n", 1)
+    tiny, paper = text.split(TINY_BRANCH, 1)[1].split("\nelse\n", 1)
     body = tiny if branch == "tiny" else paper.split("\nfi\n", 1)[0]
     values: dict[str, str] = {}
     for name, value in re.findall(r'^\s*(S1|S2|S3|GRPO)="([^"]*)"', body, re.MULTILINE):
@@ -82,9 +85,9 @@ def test_tiny_runner_keeps_its_settings(monkeypatch):
     """curriculum.sh tiny passes explicitly what it used to get from the old defaults."""
     s = _branch_settings("tiny")
     a1 = parsed(monkeypatch, s1.parse_args, REQUIRED + s["S1"])
-    assert (a1.lora_rank, a1.epochs, a1.batch_size * a1.grad_accum, a1.lr) == (0, 5, 32, 3e-4)   # the paper's 5 epochs
+    assert (a1.lora_rank, a1.epochs, a1.batch_size * a1.grad_accum, a1.lr) == (0, 4, 32, 3e-4)   # 4: the 15 minutes
     a2 = parsed(monkeypatch, s2.main, REQUIRED + s["S2"])
-    assert (a2.group_size, a2.beta, a2.words_per_step, a2.max_new_tokens, a2.lr) == (8, 0.1, 8.0, 160, 2e-5)
+    assert (a2.group_size, a2.beta, a2.words_per_step, a2.max_new_tokens, a2.lr) == (8, 0.1, 8.0, 256, 2e-5)
     a3 = parsed(monkeypatch, s3.main, REQUIRED + s["S3"])
     assert (a3.attempts, a3.mine_temperature, a3.group_size, a3.beta) == (2, 0.7, 8, 0.1)
 
@@ -269,3 +272,26 @@ def test_dr_grpo_divides_the_token_sum_by_a_constant():
         REQUIRED + ["--loss-agg", "dr-grpo", "--no-std-scale"]))
     assert (cfg.loss_agg, cfg.std_scale) == ("dr-grpo", False)
     assert "Dr. GRPO" not in s2.__doc__.split('"token-mean"')[1].split('"dr-grpo"')[0]   # token-mean is DAPO's
+
+
+def test_the_reward_lab_runs_stage_2_four_ways_from_stage_1(monkeypatch, tmp_path):
+    """`bash curriculum.sh rewards`: four rows, each the tiny runner's stage 2 with LAB_STEPS steps
+    and another reward (the paper's, correctness only, the paper's at half the word budget,
+    cosine), every one a command stage 2 accepts; without a tiny run it stops at once, in one
+    line that names the missing folder."""
+    import subprocess
+    text = (ROOT / "curriculum.sh").read_text()
+    lab = text.split('if [ "$TARGET" = rewards ]; then\n  LAB=', 1)[1]
+    lines = lab.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0].splitlines()
+    s2_flags = _branch_settings("tiny")["S2"]
+    seen = {}
+    for line in lines:
+        name, *reward = line.replace("$((WPS / 2))", "4").split()
+        a = parsed(monkeypatch, s2.main, REQUIRED + s2_flags + reward)
+        seen[name] = (a.reward, a.words_per_step)
+    assert seen == {"paper": ("paper", 8.0), "correct": ("correct", 8.0), "paper_tight": ("paper", 4.0),
+                    "cosine": ("cosine", 8.0)}
+    assert "${LAB_STEPS:-40}" in lab
+    done = subprocess.run(["bash", str(ROOT / "curriculum.sh"), "rewards"], env={"PATH": "/usr/bin:/bin",
+                          "RUN": str(tmp_path / "none")}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and f"{tmp_path / 'none'}/stage1" in done.stderr

@@ -20,7 +20,7 @@ import cli
 import stage2_grpo as s2
 import stage3_rewrite as s3
 from conftest import BRIDGE_STAGE3, ROOT
-from test_paper_settings import REQUIRED, _branch_settings, parsed
+from test_paper_settings import REQUIRED, TINY_BRANCH, _branch_settings, parsed
 from teacher import format_rationale, load_teacher_data
 
 RECORDS = [{"question": f"Tom has {n} apples and buys 2 more. How many now?", "answer": str(n + 2),
@@ -308,7 +308,7 @@ def test_paper_runner_takes_the_authors_batches_kl_and_one_eval_precision(monkey
     assert (a2.prompts_per_step, a3.prompts_per_step) == (1, 2)   # train_batch_size 1 and 2 in their configs
     assert parsed(monkeypatch, s3.main, REQUIRED).prompts_per_step == 2   # also stage 3's default
     assert a2.keep_zero_variance and a3.keep_zero_variance           # beta * KL on every completion
-    branches = (ROOT / "curriculum.sh").read_text().split('if [ "$TARGET" = tiny ]; then', 1)[1].split("\nelse\n", 1)
+    branches = (ROOT / "curriculum.sh").read_text().split(TINY_BRANCH, 1)[1].split("\nelse\n", 1)
     ev = {name: re.search(r'^\s*EV="([^"]*)"', text, re.MULTILINE).group(1).split()
           for name, text in zip(("tiny", "paper"), branches)}
     assert ev["paper"][ev["paper"].index("--dtype") + 1] == "bfloat16"   # base, stages 1-3: one precision
