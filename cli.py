@@ -119,7 +119,9 @@ def _exit(code: int, message: str):
 def looks_like_path(name: str) -> bool:
     """Whether a name that is not on disk was meant as a local path rather than a hub id
     (`org/name`): it starts with ./ ../ / or ~, has more than one slash, or names a folder that
-    exists (`runs/stage1` with runs/ present is a typo, not a hub repository called `runs`)."""
+    exists (`runs/stage1` with runs/ present is a typo, not a hub repository called `runs`).
+    model.py keeps its own copy (it imports nothing of the project); tests/test_cli.py holds both
+    to one table."""
     name = str(name)
     if name.startswith(("./", "../", "/", "~")) or name in (".", ".."):
         return True

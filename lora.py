@@ -3,8 +3,8 @@ LoRA, low-rank adapters: W x + (alpha / r) * B(A(dropout(x))), with W frozen.
 
 The authors trained stage 1 this way (r=16, alpha=32, dropout 0.05 on q/k/v/o); `--lora-rank`
 offers it in every stage. Adapters wrap the attention projections of a `model.Qwen2` in place;
-`merged_state_dict` folds B @ A back into W, which is what `model.save_pretrained` writes, so a
-saved checkpoint is a plain Qwen2.5 any loader reads. Kept out of model.py so that the network
+`merged_state_dict` folds B @ A back into W; it is what the checkpoints hand `model.save_pretrained`
+to write, so a saved checkpoint is a plain Qwen2.5 any loader reads. Kept out of model.py so that the network
 reads on its own (peft keeps its adapters apart from transformers' models the same way).
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ class LoRALinear(nn.Module):
 
     def merged_weight(self):
         """W + (alpha / r) B A in float32: in bf16 the sum would round every entry to the nearest
-        bf16 value, dropping each update smaller than half an ulp of W (see save_pretrained)."""
+        bf16 value, dropping each update smaller than half an ulp of W (see merged_state_dict)."""
         return self.base.weight.float() + (self.lora_B.float() @ self.lora_A.float()) * self.scale
 
 

@@ -13,7 +13,9 @@ Read it top to bottom:
                          decode step generate.py calls and the float32 LM head it samples from
   3. KVCache           - preallocated keys/values for generation
   4. loading / saving  - from_pretrained (local folder or hub id), save_pretrained
-The LoRA adapters (lora.py) and the tokenizer (tokenizer.py) live beside it.
+The LoRA adapters (lora.py) and the tokenizer (tokenizer.py) live beside it. This file imports
+nothing else of the project: a model with adapters is saved by passing save_pretrained the
+merged state dict (lora.merged_state_dict).
 
 Quick check:
     python -c "from model import *; m = Qwen2.from_pretrained('Qwen/Qwen2.5-0.5B'); print(m)"
@@ -33,9 +35,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from cli import looks_like_path, make_readable
-from lora import merged_state_dict
 
 # -----------------------------------------------------------------------------
 # 1. Config
@@ -342,8 +341,8 @@ class Qwen2(nn.Module):
     def from_pretrained(cls, path_or_id, dtype=None, device=None) -> "Qwen2":
         return load_pretrained(path_or_id, dtype=dtype, device=device)
 
-    def save_pretrained(self, out_dir, tokenizer_dir=None):
-        save_pretrained(self, out_dir, tokenizer_dir=tokenizer_dir)
+    def save_pretrained(self, out_dir, tokenizer_dir=None, state_dict=None):
+        save_pretrained(self, out_dir, tokenizer_dir=tokenizer_dir, state_dict=state_dict)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -413,6 +412,30 @@ HUB_FILES = ["*.json", "*.safetensors", "merges.txt", "vocab.json", "tokenizer*"
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json"]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a name that is not on disk was meant as a local path rather than a hub id
+    (`org/name`): it starts with ./ ../ / or ~, has more than one slash, or names a folder that
+    exists (`runs/stage1` with runs/ present is a typo, not a hub repository called `runs`).
+    The same rule as cli.looks_like_path (torch-free, for the data files); tests/test_cli.py
+    holds both to one table."""
+    name = str(name)
+    if name.startswith(("./", "../", "/", "~")) or name in (".", ".."):
+        return True
+    separators = name.count("/") + (name.count(os.sep) if os.sep != "/" else 0)
+    if separators != 1:
+        return True
+    return Path(name).parent.is_dir()
+
+
+def _make_readable(path: Path, folder: bool = False):
+    """Give what tempfile or safetensors made (0600, or 0700 for a folder) the permissions an
+    ordinary open() would have given it: 0666 (0777) less the umask, which os.umask can only
+    read by setting it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
 
 
 def resolve_checkpoint_dir(path_or_id) -> Path:
@@ -513,24 +536,43 @@ def load_pretrained(path_or_id, dtype=None, device=None) -> Qwen2:
     return model.eval()
 
 
-def save_pretrained(model: Qwen2, out_dir, tokenizer_dir=None):
-    """Write config.json, model.safetensors (LoRA merged in, no lm_head when tied),
-    generation_config.json and the tokenizer files to a temporary folder, then rename it into
-    place, so an interrupted save never leaves a half-written checkpoint behind."""
+def check_state_keys(config: Qwen2Config, state: dict) -> None:
+    """Refuse a state dict whose names are not exactly the architecture's: a checkpoint must load
+    strictly, here and in transformers."""
+    with torch.device("meta"):  # names only: no memory, no random init
+        expected = Qwen2(config).state_dict()
+    unexpected = [name for name in state if name not in expected]
+    if unexpected:
+        raise ValueError(f"save_pretrained: keys the model does not have ({', '.join(unexpected[:3])}"
+                         f"{', ...' if len(unexpected) > 3 else ''}): merge LoRA adapters first "
+                         f"(lora.merged_state_dict)")
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise ValueError(f"save_pretrained: the state dict lacks tensor {missing[0]}"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def save_pretrained(model: Qwen2, out_dir, tokenizer_dir=None, state_dict=None):
+    """Write config.json, model.safetensors (state_dict, by default the model's own; no lm_head
+    when tied), generation_config.json and the tokenizer files to a temporary folder, then rename
+    it into place, so an interrupted save never leaves a half-written checkpoint behind.
+    A model with LoRA adapters is saved with state_dict=lora.merged_state_dict(model); its own
+    state dict, adapters apart, is refused."""
     out_dir = Path(out_dir)
+    state = model.state_dict() if state_dict is None else state_dict
+    check_state_keys(model.config, state)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    make_readable(tmp, folder=True)  # mkdtemp's 0700 would follow the folder into place
+    _make_readable(tmp, folder=True)  # mkdtemp's 0700 would follow the folder into place
     try:
-        state = merged_state_dict(model)
-        # model.dtype, or float32 for adapters merged into a 16-bit base (see merged_state_dict)
+        # model.dtype, or float32 for adapters merged into a 16-bit base (lora.merged_state_dict)
         saved_dtype = state["model.embed_tokens.weight"].dtype
         dtype_name = next(k for k, v in DTYPES.items() if v == saved_dtype)
         config = dataclasses.replace(model.config, torch_dtype=dtype_name)
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()},
                   tmp / "model.safetensors", metadata={"format": "pt"})
-        make_readable(tmp / "model.safetensors")  # safetensors creates it 0600 whatever the umask
+        _make_readable(tmp / "model.safetensors")  # safetensors creates it 0600 whatever the umask
         source = Path(tokenizer_dir) if tokenizer_dir is not None else model.source_dir
         generation = source / "generation_config.json" if source is not None else None
         if generation is not None and generation.is_file():

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from cli import make_readable
 from cli import jsonl_records, write_atomic
+from lora import merged_state_dict
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"   # written last: its presence marks a complete checkpoint
@@ -55,12 +56,12 @@ def save_trainer_state(folder: Path, tensors: dict[str, torch.Tensor], info: dic
 
 
 def save_checkpoint(model, folder: Path, tokenizer_dir: Path, tensors: dict[str, torch.Tensor], info: dict):
-    """OUT/checkpoint-STEP as one folder that appears whole: the weights (model.save_pretrained,
-    with the tokenizer files of tokenizer_dir) and the trainer state are written under a hidden
+    """OUT/checkpoint-STEP as one folder that appears whole: the weights (model.save_pretrained of
+    the merged state dict, with the tokenizer files of tokenizer_dir) and the trainer state are written under a hidden
     name, then renamed into place. Replacing a folder takes two renames, the old one aside as
     NAME.old first; clean_checkpoints repairs a kill between them."""
     staging = folder.with_name(f".{folder.name}.partial")
-    model.save_pretrained(staging, tokenizer_dir=tokenizer_dir)
+    model.save_pretrained(staging, tokenizer_dir=tokenizer_dir, state_dict=merged_state_dict(model))
     save_trainer_state(staging, tensors, info)
     old = folder.with_name(f"{folder.name}.old")
     if folder.exists():
@@ -76,7 +77,7 @@ def save_final(model, out: Path, tokenizer_dir: Path):
     a sibling and move the files in, the weights last: until they arrive the folder cannot be
     loaded by mistake (from_pretrained needs model.safetensors)."""
     staging = out.with_name(f".{out.name}.final")
-    model.save_pretrained(staging, tokenizer_dir=tokenizer_dir)
+    model.save_pretrained(staging, tokenizer_dir=tokenizer_dir, state_dict=merged_state_dict(model))
     for f in sorted(staging.iterdir(), key=lambda p: p.name == "model.safetensors"):
         f.replace(out / f.name)
     shutil.rmtree(staging, ignore_errors=True)

@@ -195,16 +195,16 @@ def test_jsonl_records_names_a_bad_line_and_skips_only_a_torn_last_one(tmp_path)
         list(cli.jsonl_records(path, last_may_be_torn=True))
 
 
+@pytest.mark.parametrize("module", [cli, model_module], ids=["cli", "model"])  # model.py keeps its own copy
 @pytest.mark.parametrize("name, is_path", [
     ("Qwen/Qwen2.5-3B", False), ("openai/gsm8k", False), ("./stage1", True), ("../runs/stage1", True),
     ("runs/tiny/stage1", True), ("/abs/folder", True), ("~/models/x", True), ("noslash", True),
 ])
-def test_looks_like_path(name, is_path, tmp_path, monkeypatch):
-    import cli
+def test_looks_like_path(module, name, is_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli.looks_like_path(name) is is_path
+    assert module.looks_like_path(name) is is_path
     (tmp_path / "runs").mkdir()
-    assert cli.looks_like_path("runs/stage1")  # runs/ exists: a typo, not a hub repository
+    assert module.looks_like_path("runs/stage1")  # runs/ exists: a typo, not a hub repository
 
 
 @pytest.mark.parametrize("how", ["--debug", "BRIDGE_DEBUG=1"])

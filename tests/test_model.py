@@ -7,7 +7,7 @@ import torch
 
 from conftest import QWEN_TOKENIZER, SHARED
 from generate import generate, token_logprobs
-from lora import add_lora, lora_disabled
+from lora import add_lora, lora_disabled, merged_state_dict
 from model import KVCache, Qwen2, Qwen2Config
 from tokenizer import load_tokenizer
 
@@ -253,7 +253,7 @@ def test_lora_merge_and_reference(pair, tmp_path):
         with lora_disabled(model):
             assert torch.allclose(model(ids), base(ids), atol=1e-6)
         assert (adapted - base(ids)).abs().max() > 1e-3
-    model.save_pretrained(tmp_path / "merged")
+    model.save_pretrained(tmp_path / "merged", state_dict=merged_state_dict(model))
     merged = Qwen2.from_pretrained(tmp_path / "merged")
     with torch.no_grad():
         assert (merged(ids) - adapted).abs().max().item() < 1e-4

@@ -83,12 +83,21 @@ def test_merging_into_a_bf16_base_keeps_the_update(tmp_path):
     merged = merged_state_dict(model)["model.layers.0.self_attn.q_proj.weight"]
     assert merged.dtype == torch.float32 and torch.equal(merged, W + delta)
     assert (merged.bfloat16().float() == W).float().mean() > 0.5  # what merging in bf16 would keep
-    model.save_pretrained(tmp_path / "merged")
+    model.save_pretrained(tmp_path / "merged", state_dict=merged_state_dict(model))
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["torch_dtype"] == "float32"
     back = Qwen2.from_pretrained(tmp_path / "merged")
     assert back.dtype == torch.float32
     assert torch.equal(back.model.layers[0].self_attn.q_proj.weight, merged)
     assert torch.equal(back.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight.float())
+
+
+def test_saving_unmerged_adapters_is_refused(tmp_path):
+    """model.py knows only the plain architecture: a LoRA model's own state dict (base weights
+    under `.base.`, adapters apart) is refused by name, and nothing is written."""
+    model = add_lora(small_model(), rank=4, alpha=8, dropout=0.0)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj\.base\.weight.*merged_state_dict"):
+        model.save_pretrained(tmp_path / "unmerged")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_full_finetuning_in_16_bits_is_refused():

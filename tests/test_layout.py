@@ -1,0 +1,19 @@
+"""The shape of the project, read from the source (ast only, no imports run): which file may
+import which. STYLE.md states the rules; these tests keep the code from drifting away from them."""
+import pytest
+
+from conftest import ROOT, imported_modules
+
+PROJECT = {path.stem for path in ROOT.glob("*.py")}
+
+
+def project_imports(name: str) -> set[str]:
+    """The project modules a file imports, at its top or inside a function."""
+    return {m for m in imported_modules((ROOT / f"{name}.py").read_text()) if m in PROJECT} - {name}
+
+
+@pytest.mark.parametrize("name", ["model", "lora", "cli", "distributed"])
+def test_the_foundations_import_nothing_of_the_project(name):
+    """model.py is the network and its files, lora.py the adapters, cli.py how a script meets the
+    shell, distributed.py data parallelism: each reads on its own."""
+    assert project_imports(name) == set()
