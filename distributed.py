@@ -79,7 +79,7 @@ class Dist:
         if self.enabled and dist.is_initialized():
             # every process reaches this point before any tears down its connections: a rank
             # that leaves first can otherwise abort another's teardown in gloo ("terminate
-            # called without an active exception", seen once in the suite)
+            # called without an active exception")
             dist.barrier()
             dist.destroy_process_group()
 

@@ -37,8 +37,8 @@ import cli
 from cli import positive_int, write_atomic
 # torch, the model and generate are imported inside the functions that run a model: the data
 # half of this file (prompt, stop rule, grading, loading) is what teacher.py and tiny_world.py
-# import, and without torch it loads in 0.06 s where torch alone takes ~1.9 s on a 2-core VM
-# (tests/test_eval.py::test_the_data_modules_import_without_torch).
+# import, and without torch it loads in a fraction of torch's own import time
+# (tests/test_eval.py::test_the_data_modules_import_without_torch; docs/performance.md).
 if TYPE_CHECKING:   # for the annotations only
     from generate import Generation
 

@@ -120,8 +120,7 @@ def draw(weights, generator=None):
 
     Inverse-CDF sampling: one uniform number u per row, scaled to the row's total, picks the first
     index whose cumulative weight exceeds u. One random number per row where multinomial does work
-    per entry: on a CPU at the tiny world's sizes (128 rows x 1024 tokens) 0.21 ms against 4.6 ms
-    for multinomial, which had been a fifth of a rollout's time (benchmarks/sampling.py). An index of weight 0
+    per entry (benchmarks/sampling.py; figures in docs/performance.md). An index of weight 0
     is never picked (its interval of the cumulative sum is empty); the sum is in float64 so that
     the many tiny weights of a 150k vocabulary keep their share."""
     cdf = weights.double().cumsum(-1)
@@ -138,11 +137,11 @@ def compile_decode(model: Qwen2, backend: str = "inductor") -> Qwen2:
 
     dynamic=True makes the batch size and the cache length symbolic, so one graph serves every
     step of every generate call (static shapes would recompile at each new cache length); the
-    prompt's prefill stays eager. The first call compiles: minutes on a 2-core CPU, which pays
-    only in long runs, on a GPU above all, where it fuses the many small kernels a decode step
-    launches. The weights stay the model's own tensors, so a compiled policy keeps sampling
-    from its current weights as GRPO updates them. `backend="aot_eager"` traces without
-    generating code (what the tests use, in seconds)."""
+    prompt's prefill stays eager. The first call compiles, which pays only in long runs, on a
+    GPU above all, where it fuses the many small kernels a decode step launches. The weights stay
+    the model's own tensors, so a compiled policy keeps sampling from its current weights as GRPO
+    updates them. `backend="aot_eager"` traces without generating code (what the tests use: it
+    is quick)."""
     model.decode_step = torch.compile(model.decode_step, dynamic=True, backend=backend)
     return model
 

@@ -26,8 +26,8 @@ class LoRALinear(nn.Module):
         self.base = base
         # The adapters are float32 whatever the frozen base is: AdamW's steps (about lr per entry,
         # 5e-5) are far below half a bf16 ulp of an entry of A (2^-9 |a|, ~1e-4 at |a| = 0.05),
-        # so bf16 adapters lose most updates (tiny world, 20 steps: 82% of A never moved, update
-        # norm 0.47x fp32's). The forward casts them to the input's dtype (or autocast does).
+        # so bf16 adapters lose most updates (docs/performance.md). The forward casts them to the
+        # input's dtype (or autocast does).
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device, dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device, dtype=torch.float32))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # B = 0, so training starts at W
@@ -98,9 +98,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     With adapters on a bf16 (or fp16) base the whole dict is float32, so a saved checkpoint
     keeps the trained update exactly: rounding W + BA back to bf16 moves each entry to the
     nearest bf16 value, which drops every update below half an ulp of W and quantises the rest
-    (tiny world, LoRA at lr 5e-5: after 20 steps 16% of the updated entries fell back to W and
-    the merged update was off by 16% in norm; 3.3% after 100 steps, 1.3% after 300). The cost
-    is a file twice the size (3B: 12 GB, not 6); stages 2-3 train in float32 anyway."""
+    (docs/performance.md). So the merged file is float32, twice bf16's size; stages 2-3 train
+    in float32 anyway."""
     state = {}
     for name, tensor in model.state_dict().items():
         if ".lora_" in name:

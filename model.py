@@ -195,10 +195,9 @@ class Attention(nn.Module):
 
 def attention(q, k, v, mask):
     """softmax(q k^T / sqrt(d) + mask) v by SDPA; causal when there is no mask. Under bf16
-    autocast on a CPU it runs in float32: PyTorch's CPU attention kernel is several times slower
-    in bf16 than in float32, and the tiny world's pre-training step (the one caller under CPU
-    autocast) took 0.43-0.67 s with bf16 attention against 0.33-0.38 s (benchmarks/pretrain_step.py;
-    its fp32 rows show that the mask itself costs little)."""
+    autocast on a CPU it runs in float32: PyTorch's CPU attention kernel is slower in bf16 than
+    in float32, and the tiny world's pre-training step is the one caller under CPU autocast
+    (benchmarks/pretrain_step.py; figures in docs/performance.md)."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
@@ -364,8 +363,8 @@ def float32_logits(hidden, head_weight):
 class KVCache:
     def __init__(self, config: Qwen2Config, batch_size: int, max_len: int, device, dtype):
         # one tensor per layer rather than one for all: under torch.compile (compile_decode) a
-        # write into a slice of one shared tensor was copied whole, every layer at every step
-        # (3x slower than eager on the tiny model); per layer it is written in place
+        # write into a slice of one shared tensor was copied whole, every layer at every step;
+        # per layer it is written in place
         shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
