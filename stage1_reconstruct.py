@@ -63,6 +63,7 @@ from eval import build_prompt, default_device
 from cli import dropout, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from lora import add_lora, refuse_16bit_full_finetuning
 from model import Qwen2
+from run import adamw, epoch_order, lr_at
 from tokenizer import Tokenizer, load_tokenizer
 
 MASK = "<MASK>"  # the authors' stage-1 mask; their stage 2 writes [MASKED] (stage2_grpo.MASK), and so do we
@@ -82,21 +83,13 @@ class Example:
     masked: list[int] | None     # original indices of the masked steps; None for a plain pair
 
 
-def num_masked(n: int) -> int:
-    """How many of n teacher steps stage 2's hint prompt hides: max(3, floor(n/2)), at most n-1;
-    none when n < 2 (PAPER.md). Here for stage 1's `--masked-steps half` too; stage 2 imports it."""
-    if n < 2:
-        return 0
-    return min(max(3, n // 2), n - 1)
-
-
 def reconstruction_example(ex: teacher.TeacherExample, rng: random.Random, mask_prob: float,
                            masked_steps: str = "one") -> Example:
     """The paper's stage 1 (`masked_steps="one"`): with probability mask_prob one random step
     becomes <MASK>; then the steps are always shuffled (a plain shuffle, as the authors': with two
     steps it keeps the order half the time).
 
-    Not the paper: "half" hides num_masked(n) steps (stage 2's count) and "all" every step, always.
+    Not the paper: "half" hides teacher.num_masked(n) steps (stage 2's count) and "all" every step, always.
     They measure how much of stage 1's target the student can copy from its prompt: with one
     step masked, about 85% of the target's tokens lie outside the masked step (README). The
     instruction keeps its words ("one of them may be missing") in every mode, as measured."""
@@ -104,7 +97,7 @@ def reconstruction_example(ex: teacher.TeacherExample, rng: random.Random, mask_
     if masked_steps == "one":
         masked = [rng.randrange(n)] if rng.random() < mask_prob else []
     elif masked_steps == "half":
-        masked = sorted(rng.sample(range(n), num_masked(n)))
+        masked = sorted(rng.sample(range(n), teacher.num_masked(n)))
     elif masked_steps == "all":
         masked = list(range(n))
     else:
@@ -211,8 +204,8 @@ class Stream:
     def __getitem__(self, j: int) -> Example:
         epoch, pos = divmod(j, len(self.items))
         if epoch != self._epoch:
-            self._epoch, self._order = epoch, list(self.items)
-            random.Random(f"{self.seed}:order:{epoch}").shuffle(self._order)
+            order = epoch_order(len(self.items), self.seed, epoch)
+            self._epoch, self._order = epoch, [self.items[i] for i in order]
         index, plain = self._order[pos]
         if plain:
             return plain_example(self.examples[index])
@@ -273,26 +266,6 @@ def train_step(model: Qwen2, optimizer, params, encoded: list[Encoded], pad_toke
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return dist_ctx.sum([loss_sum])[0] / all_target, grad_norm, all_target, all_tokens
-
-
-def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW as stages 1-3 use it: weight decay on matrices only (not biases or norms; all LoRA
-    parameters are matrices, as in the authors' trainer). fused=True updates every parameter in
-    one kernel: 0.36 s instead of 2.2 s per step for the 0.5B model on a 2-core CPU (foreach, the
-    default on GPU, took 7 s there). Same formula, so the weights differ from the per-parameter
-    loop only by float rounding."""
-    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to `peak` over the first `warmup` steps, then linear decay towards 0 at
-    `total`. Steps count from 0; unlike the usual schedule, neither the first nor the last
-    step gets a learning rate of 0, which would waste it."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * max(0.0, (total - step) / (total - warmup + 1))
 
 
 # -----------------------------------------------------------------------------

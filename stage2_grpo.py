@@ -49,10 +49,8 @@ rationales shaped like the authors' R1 ones) and printed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
-import hashlib
 import importlib.util
 import inspect
 import json
@@ -74,11 +72,11 @@ from eval import (ANSWER_LABEL, NUMBER, build_prompt as eval_prompt, extract_ans
                   strip_continuation)
 from cli import bounded, dropout, nonnegative_float, nonnegative_int, nucleus, positive_float, positive_int
 from generate import compile_decode, generate, token_logprobs
-from lora import add_lora, lora_disabled, merged_state_dict, refuse_16bit_full_finetuning
+from lora import add_lora, lora_disabled, refuse_16bit_full_finetuning
 from model import Qwen2
 from tokenizer import load_tokenizer
-from stage1_reconstruct import adamw, lr_at, num_masked  # stage 1's --masked-steps half uses num_masked too
-from teacher import STEP_MARKER, add_teacher_arguments, load_from_args
+from run import adamw, autocast, check_same_weights, learning_rate, step_examples
+from teacher import STEP_MARKER, add_teacher_arguments, load_from_args, num_masked
 
 # -----------------------------------------------------------------------------
 # 1. Masked-completion prompts
@@ -521,44 +519,6 @@ def add_grpo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 # 5. The training loop
 
 
-def step_examples(n_examples: int, prompts_per_step: int, step: int, seed: int) -> list[tuple[int, int]]:
-    """(epoch, example index) of the prompts of one step: a fresh shuffle every epoch, so the
-    data order is a function of the step number and --resume needs no saved iterator."""
-    picks = []
-    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
-        epoch, offset = divmod(position, n_examples)
-        order = list(range(n_examples))
-        random.Random(f"{seed}:order:{epoch}").shuffle(order)
-        picks.append((epoch, order[offset]))
-    return picks
-
-
-def learning_rate(cfg: GRPOConfig, step: int, total: int) -> float:
-    """The learning rate of step `step` (from 0) of `total`: linear warm-up over --warmup-steps
-    (or int(--warmup-ratio x total), rounded down as the authors' trainer counts it), then linear
-    decay (stage 1's lr_at: neither the first nor the last step gets 0) or constant. A function
-    of the step alone, so --resume continues the schedule exactly."""
-    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total)
-    if cfg.lr_schedule == "linear":
-        return lr_at(step, total, warmup, cfg.lr)
-    return cfg.lr * min(1.0, (step + 1) / warmup) if warmup else cfg.lr
-
-
-def weights_checksum(model) -> str:
-    """sha256 of the weights as save_pretrained writes them (LoRA merged), in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(merged_state_dict(model).items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_without_dropout(model):
     """Training mode (gradient checkpointing needs it) with every dropout off: the ratio
     pi / pi_old compares the policy with the sampler, which ran without dropout, so a dropped-out
@@ -574,7 +534,7 @@ def train_without_dropout(model):
 def _batch_logprobs(model, prompts, completions, temperature, pad_id, micro, device):
     """No-grad log-probs of many completions, micro-batch by micro-batch."""
     out = []
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast(device):
         for lo in range(0, len(prompts), micro):
             lp, _ = token_logprobs(model, prompts[lo:lo + micro], completions[lo:lo + micro], temperature, pad_id)
             out.extend(row[:len(c)].tolist() for row, c in zip(lp, completions[lo:lo + micro]))
@@ -617,7 +577,7 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
 
     # 1. rollout: G completions per prompt with their sampling log-probs
     t0 = time.time()
-    with _autocast(device):
+    with autocast(device):
         ro = rollout(model, tokenizer, prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                      generator, stop_fn)
     rollout_seconds = time.time() - t0
@@ -701,7 +661,7 @@ def optimise(model, optimizer, tokenizer, cfg: GRPOConfig, dist, prompts, comple
         optimizer.zero_grad(set_to_none=True)
         for lo in range(0, len(prompts), cfg.micro_batch_size):
             hi = min(lo + cfg.micro_batch_size, len(prompts))
-            with _autocast(device):
+            with autocast(device):
                 new_lp, mask = token_logprobs(model, prompts[lo:hi], completions[lo:hi],
                                               cfg.temperature, tokenizer.pad_token_id)
             width = new_lp.shape[1]
@@ -810,7 +770,7 @@ def load_policy(cfg: GRPOConfig, dist, out: Path, run_config: dict):
     if cfg.compile:
         compile_decode(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # stage 1's: decay on matrices only
+    optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # run.adamw: decay on matrices only
     start_step = 0
     if state is not None:
         resume.load_optimizer(optimizer, tensors, state["param_groups"])
@@ -846,16 +806,6 @@ def step_prompts(examples, build_prompt, tokenizer, cfg: GRPOConfig, dist, step:
     same = all(sample == loss for sample, loss in pairs)   # stage 2: one prompt, encoded once
     loss_ids = prompt_ids if same else tokenizer.encode_batch([loss for _, loss in pairs])
     return chosen, prompt_ids, loss_ids
-
-
-def check_same_weights(model, dist, desc: str) -> str:
-    """Under torchrun every process must end with the same weights (the one checkpoint rank 0
-    wrote); a mismatch means the gradients were not averaged and the run is wrong, so say so."""
-    checksum = weights_checksum(model)
-    print(f"{desc} rank {dist.rank}: weights sha256 {checksum}", flush=True)
-    if len(set(dist.gather(checksum))) != 1:
-        raise RuntimeError(f"{desc}: the processes ended with different weights")
-    return checksum
 
 
 def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],

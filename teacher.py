@@ -134,6 +134,14 @@ def format_rationale(steps: list[str], answer: str) -> str:
     return "\n".join(lines + [f"Answer: {answer}"])
 
 
+def num_masked(n: int) -> int:
+    """How many of n teacher steps stage 2's hint prompt hides: max(3, floor(n/2)), at most n-1;
+    none when n < 2 (PAPER.md). Stage 1's `--masked-steps half` hides as many."""
+    if n < 2:
+        return 0
+    return min(max(3, n // 2), n - 1)
+
+
 def normalize_answer(value) -> str | None:
     """A gold answer as a plain number string ("1,080" -> "1080", "$18" -> "18"); None if not a number."""
     if isinstance(value, bool) or value is None:

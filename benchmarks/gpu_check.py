@@ -240,13 +240,14 @@ def stage1_step(model, tokenizer, config: dict, s: Settings) -> dict:
     """Stage 1's micro-batch as stage1_reconstruct.main runs it: LoRA on q/k/v/o of the bf16 base,
     the target-token cross-entropy, clipping, AdamW (one optimiser step per micro-batch here)."""
     import gpu_memory
+    import run
     import stage1_reconstruct as s1
     from lora import add_lora
     device = model.device
     add_lora(model, rank=16, alpha=32.0, dropout=0.05)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = s1.adamw(params, lr=5e-5, weight_decay=0.01)  # stage 1's own optimiser
+    optimizer = run.adamw(params, lr=5e-5, weight_decay=0.01)  # the stages' optimiser
     g = torch.Generator().manual_seed(1)
     prompt_len = s.stage1_length // 2
     items = [s1.Encoded(torch.randint(0, 151643, (prompt_len,), generator=g).tolist(),
@@ -303,7 +304,7 @@ def grpo_one_step(checkpoint: Path, config: dict, s: Settings, device) -> dict:
     the peak is this step's alone."""
     import gpu_memory
     import grpo_step as bench  # benchmarks/grpo_step.py: the stage-2 masked prompts of GSM8K train
-    import stage1_reconstruct as s1
+    import run
     import stage2_grpo as s2
     from generate import token_logprobs
     from model import Qwen2
@@ -319,7 +320,7 @@ def grpo_one_step(checkpoint: Path, config: dict, s: Settings, device) -> dict:
     policy.gradient_checkpointing = cfg.gradient_checkpointing
     tokenizer = load_tokenizer(checkpoint)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = s1.adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # as train_grpo
+    optimizer = run.adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # as train_grpo
     texts = bench.prompt_texts(2 * cfg.prompts_per_step, SHARED / "data" / "gsm8k" / "train.jsonl")
     for step in range(2):
         prompt_ids = tokenizer.encode_batch(texts[step * cfg.prompts_per_step:(step + 1) * cfg.prompts_per_step])
@@ -327,7 +328,7 @@ def grpo_one_step(checkpoint: Path, config: dict, s: Settings, device) -> dict:
         t0 = time.perf_counter()
         # 3. rollout: G completions per prompt with their sampling log-probs
         generator = torch.Generator(device=device).manual_seed(step)
-        with s2._autocast(device):
+        with run.autocast(device):
             ro = s2.rollout(policy, tokenizer, prompt_ids, cfg.group_size, cfg.max_new_tokens,
                             cfg.temperature, cfg.top_p, generator)
         sync(device)
@@ -344,7 +345,7 @@ def grpo_one_step(checkpoint: Path, config: dict, s: Settings, device) -> dict:
         optimizer.zero_grad(set_to_none=False)
         for lo in range(0, rows, cfg.micro_batch_size):
             hi = min(lo + cfg.micro_batch_size, rows)
-            with s2._autocast(device):
+            with run.autocast(device):
                 new_lp, mask = token_logprobs(policy, ro.prompts[lo:hi], ro.completions[lo:hi], cfg.temperature,
                                               tokenizer.pad_token_id)
             width = new_lp.shape[1]

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
 from model import Qwen2, Qwen2Config  # noqa: E402
-from stage1_reconstruct import adamw  # noqa: E402
+from run import adamw  # noqa: E402
 
 
 def sync(device):

@@ -136,6 +136,7 @@ def test_stage3_under_torchrun_two_processes(tiny_world, tmp_path):
     weights; rank 0 alone writes the one checkpoint, which holds exactly those weights."""
     from eval import evaluate, load_gsm8k
     from model import Qwen2
+    from run import weights_checksum
     from tokenizer import load_tokenizer
     import stage2_grpo as s2
 
@@ -165,9 +166,9 @@ def test_stage3_under_torchrun_two_processes(tiny_world, tmp_path):
     sums = dict(re.findall(r"stage3 rank (\d): weights sha256 ([0-9a-f]{64})", run.stdout))
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], run.stdout[-2000:]
     saved = Qwen2.from_pretrained(out)
-    assert s2.weights_checksum(saved) == sums["0"]
+    assert weights_checksum(saved) == sums["0"]
     base = Qwen2.from_pretrained(tiny_world.base_model)
-    assert s2.weights_checksum(base) != sums["0"]           # it did train
+    assert weights_checksum(base) != sums["0"]           # it did train
     assert not list(out.glob("checkpoint-*")) and not list(tmp_path.glob(".stage3*"))
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]               # one writer, one line per step

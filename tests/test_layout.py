@@ -17,3 +17,9 @@ def test_the_foundations_import_nothing_of_the_project(name):
     """model.py is the network and its files, lora.py the adapters, cli.py how a script meets the
     shell, distributed.py data parallelism: each reads on its own."""
     assert project_imports(name) == set()
+
+
+def test_stage_2_does_not_import_stage_1():
+    """What both stages use (AdamW, the schedule, the data order) lives in run.py, and the hint
+    count in teacher.py; stage 2 reads on its own, beside stage 1 rather than above it."""
+    assert "stage1_reconstruct" not in project_imports("stage2_grpo")

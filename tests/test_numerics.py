@@ -17,6 +17,7 @@ from conftest import tiny_config_dict
 from generate import generate, token_logprobs
 from lora import LoRALinear, add_lora, merged_state_dict
 from model import Qwen2, Qwen2Config, float32_logits
+from run import learning_rate
 from tokenizer import load_tokenizer
 from test_paper_settings import REQUIRED, _branch_settings, parsed
 
@@ -198,13 +199,13 @@ def config(**kw):
 
 def test_learning_rate_schedules():
     paper = config()  # the defaults: 10% warm-up, linear decay
-    lrs = [s2.learning_rate(paper, step, 6000) for step in range(6000)]
+    lrs = [learning_rate(paper, step, 6000) for step in range(6000)]
     assert lrs[0] == pytest.approx(1e-5 / 600) and lrs[599] == pytest.approx(1e-5)
     assert all(a > b for a, b in zip(lrs[599:], lrs[600:])) and 0 < lrs[-1] < 1e-8
     old = config(lr_schedule="constant", warmup_ratio=0.0)
-    assert {s2.learning_rate(old, step, 100) for step in range(100)} == {1e-5}
+    assert {learning_rate(old, step, 100) for step in range(100)} == {1e-5}
     warm = config(lr_schedule="constant", warmup_steps=4)   # --warmup-steps overrides the ratio
-    assert [s2.learning_rate(warm, step, 100) for step in (0, 3, 50)] == pytest.approx([2.5e-6, 1e-5, 1e-5])
+    assert [learning_rate(warm, step, 100) for step in (0, 3, 50)] == pytest.approx([2.5e-6, 1e-5, 1e-5])
 
 
 def test_curriculum_paper_branch_takes_the_authors_update_count(monkeypatch):

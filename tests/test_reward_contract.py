@@ -20,6 +20,7 @@ import cli
 import stage2_grpo as s2
 import stage3_rewrite as s3
 from conftest import BRIDGE_STAGE3, ROOT
+from run import learning_rate
 from test_paper_settings import REQUIRED, TINY_BRANCH, _branch_settings, parsed
 from teacher import format_rationale, load_teacher_data
 
@@ -293,9 +294,9 @@ def test_the_tiny_worlds_rationales_are_already_stage1s_target(tiny_world):
 def test_warmup_ratio_rounds_down_as_the_authors_trainer():
     cfg = s2.GRPOConfig(model="m", out="o", lr=1e-5, warmup_ratio=0.1)
     # 0.1 x 25 = 2.5 -> 2 warm-up steps, and 0.1 x 30 = 3.0000000000000004 -> 3: step 2 is at the peak
-    assert [s2.learning_rate(cfg, step, 25) for step in (0, 1)] == pytest.approx([5e-6, 1e-5])
-    assert [s2.learning_rate(cfg, step, 30) for step in (0, 2)] == pytest.approx([1e-5 / 3, 1e-5])
-    assert s2.learning_rate(cfg, 599, 6000) == pytest.approx(1e-5)   # the paper's 6,000 steps: 600
+    assert [learning_rate(cfg, step, 25) for step in (0, 1)] == pytest.approx([5e-6, 1e-5])
+    assert [learning_rate(cfg, step, 30) for step in (0, 2)] == pytest.approx([1e-5 / 3, 1e-5])
+    assert learning_rate(cfg, 599, 6000) == pytest.approx(1e-5)   # the paper's 6,000 steps: 600
 
 
 # -----------------------------------------------------------------------------

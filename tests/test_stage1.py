@@ -14,8 +14,9 @@ from distributed import Dist
 from eval import build_prompt
 from generate import token_logprobs
 from model import Qwen2
+from run import lr_at
 from tokenizer import load_tokenizer
-from teacher import TeacherExample, format_rationale, load_teacher_data
+from teacher import TeacherExample, format_rationale, load_teacher_data, num_masked
 
 STEPS = ["Mia starts with 4 apples.", "She buys 3 more: 4 + 3 = 7.", "She eats 2: 7 - 2 = 5.",
          "She doubles them: 5 x 2 = 10.", "So she has 10 apples."]
@@ -60,13 +61,13 @@ def test_masked_steps_half_and_all(n):
     --mask-prob; the shuffle and the target are the paper's."""
     ex = TeacherExample("How many apples?", "10", "", [f"{i} + 1 = {i + 1}." for i in range(n)])
     for seed in range(50):
-        for mode, count in (("half", s1.num_masked(n)), ("all", n)):
+        for mode, count in (("half", num_masked(n)), ("all", n)):
             e = s1.reconstruction_example(ex, random.Random(seed), mask_prob=0.0, masked_steps=mode)
             shown = shown_steps(e.prompt)
             assert len(e.masked) == len(set(e.masked)) == count == shown.count(s1.MASK)
             assert shown == [s1.MASK if i in e.masked else ex.steps[i] for i in e.order]
             assert e.target == "\n" + format_rationale(ex.steps, "10")
-    assert s1.num_masked(5) == 3 and s1.num_masked(7) == 3 and s1.num_masked(2) == 1
+    assert num_masked(5) == 3 and num_masked(7) == 3 and num_masked(2) == 1
 
 
 def test_stream_is_a_function_of_seed_and_position():
@@ -94,10 +95,10 @@ def test_plain_task_is_standard_distillation():
 
 
 def test_lr_warms_up_then_decays_to_zero():
-    lrs = [s1.lr_at(s, 10, 4, 1.0) for s in range(10)]
+    lrs = [lr_at(s, 10, 4, 1.0) for s in range(10)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert all(x > y for x, y in zip(lrs[3:], lrs[4:])) and lrs[-1] > 0
-    assert s1.lr_at(10, 10, 4, 1.0) == 0.0
+    assert lr_at(10, 10, 4, 1.0) == 0.0
 
 
 # -----------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def test_stop_after_leaves_a_checkpoint_that_resume_finishes_from(tiny_world, tm
     run(tiny_world, tmp_path / "parts", *extra, "--resume")
     parts = [json.loads(x) for x in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in parts] == [1, 2, 3, 4]
-    assert [m["lr"] for m in parts] == pytest.approx([s1.lr_at(step, 4, 1, 1e-2) for step in range(4)], rel=1e-5)
+    assert [m["lr"] for m in parts] == pytest.approx([lr_at(step, 4, 1, 1e-2) for step in range(4)], rel=1e-5)
     b = Qwen2.from_pretrained(tmp_path / "parts").state_dict()
     base = Qwen2.from_pretrained(tiny_world.base_model).state_dict()
     assert b.keys() == base.keys()  # merged: a plain checkpoint

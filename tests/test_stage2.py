@@ -14,7 +14,8 @@ from conftest import BRIDGE_STAGE3, GradientRecorder, small_policy
 from distributed import Dist
 from eval import build_prompt, extract_answer, is_correct
 from generate import token_logprobs
-from teacher import TeacherExample, load_teacher_data
+from run import step_examples
+from teacher import TeacherExample, load_teacher_data, num_masked
 
 
 def example(n_steps=4, answer="18"):
@@ -40,7 +41,7 @@ def response(words: int, markers: int, answer="18", answer_line=True) -> str:
 
 @pytest.mark.parametrize("n,k", [(0, 0), (1, 0), (2, 1), (3, 2), (4, 3), (5, 3), (7, 3), (8, 4), (11, 5)])
 def test_num_masked(n, k):
-    assert s2.num_masked(n) == k
+    assert num_masked(n) == k
 
 
 def test_masked_prompts_hide_the_masked_steps_of_real_rationales():
@@ -50,7 +51,7 @@ def test_masked_prompts_hide_the_masked_steps_of_real_rationales():
         prompt = s2.build_masked_prompt(ex, random.Random(f"7:{index}"))
         assert prompt == s2.build_masked_prompt(ex, random.Random(f"7:{index}"))  # seeded
         shown, hidden = s2.mask_steps(ex.steps, random.Random(f"7:{index}"))
-        assert len(hidden) == s2.num_masked(len(ex.steps))
+        assert len(hidden) == num_masked(len(ex.steps))
         # one hint line per teacher step, in the original order: the step itself or the mask
         hints = [line for line in prompt.splitlines() if line.startswith("Step ")]
         assert len(hints) == len(ex.steps)
@@ -99,7 +100,7 @@ def test_mask_answer_steps_never_shows_the_answer():
     examples = load_teacher_data(str(BRIDGE_STAGE3), quiet=True)
     leaked_at_random = 0
     for index, ex in enumerate(examples):
-        n, k = len(ex.steps), s2.num_masked(len(ex.steps))
+        n, k = len(ex.steps), num_masked(len(ex.steps))
         stating = [i for i, step in enumerate(ex.steps) if s2.states_answer(step, ex.answer)]
         shown, hidden = s2.mask_steps(ex.steps, random.Random(index), answer=ex.answer)
         assert len(hidden) == (0 if k == 0 else max(k, min(len(stating), n - 1)))
@@ -385,12 +386,12 @@ def test_micro_batches_take_the_gradient_of_the_whole_batch(agg):
 
 
 def test_step_examples_cover_each_epoch_once():
-    picks = [s2.step_examples(10, 4, step, seed=3) for step in range(5)]  # 20 prompts = 2 epochs
+    picks = [step_examples(10, 4, step, seed=3) for step in range(5)]  # 20 prompts = 2 epochs
     flat = [p for step in picks for p in step]
     assert sorted(i for e, i in flat if e == 0) == list(range(10))
     assert sorted(i for e, i in flat if e == 1) == list(range(10))
     assert [i for e, i in flat if e == 0] != [i for e, i in flat if e == 1]  # reshuffled
-    assert picks[3] == s2.step_examples(10, 4, 3, seed=3)
+    assert picks[3] == step_examples(10, 4, 3, seed=3)
 
 
 # -----------------------------------------------------------------------------
