@@ -1,6 +1,6 @@
 """
 What every stage's training run shares, kept in one place so that no stage imports another's
-helpers (STYLE.md): AdamW and its learning-rate schedule, the order in which a run visits its
+helpers: AdamW and its learning-rate schedule, the order in which a run visits its
 examples, the autocast its forward passes run under, and the check that every process of a
 torchrun ends with the same weights.
 

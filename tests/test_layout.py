@@ -1,5 +1,6 @@
 """The shape of the project, read from the source (ast only, no imports run): which file may
-import which. STYLE.md states the rules; these tests keep the code from drifting away from them."""
+import which (the README's layout section states the picture); these tests keep the code from
+drifting away from it."""
 import pytest
 
 from conftest import ROOT, imported_modules
