@@ -7,7 +7,7 @@ sees the question and the teacher's steps in their original order with most of t
 (k = max(3, floor(n/2)) of n, capped at n-1), writes the complete reasoning and the answer, and
 is rewarded for being right first and brief second (PAPER.md, "Stage 2"). The reward is a
 plain function chosen by name, so a reader can swap in correctness-only, a DAPO-style overlong
-penalty or a cosine length schedule and see what changes.
+penalty or a cosine length schedule (rewards.py) and see what changes.
 
 Why the GRPO is written out. The authors' released code samples from a prompt that already
 holds the gold rationale, has no importance ratio and no clipping, and uses the absolute
@@ -16,6 +16,7 @@ difference of sequence-mean log-probs as its "KL". We implement the algorithm as
   1. rollout          G completions per prompt, sampled at temperature T with top-p, plus the
                       log-probability of each sampled token under the sampling policy
   2. rewards          reward(completion, example) -> float, from a name -> function dict
+                      (rewards.py: the contract, the registry; the paper's reward is here)
   3. advantages       A_i = (r_i - mean(r_group)) / (std(r_group) + eps), the same for every
                       token of completion i; a group whose rewards are all equal has A = 0
                       (--no-std-scale: A_i = r_i - mean(r_group), as Dr. GRPO)
@@ -51,11 +52,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib.util
-import inspect
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -68,13 +66,14 @@ from tqdm import tqdm
 import cli
 import distributed
 import resume
-from eval import (ANSWER_LABEL, NUMBER, build_prompt as eval_prompt, extract_answer, is_correct, should_stop,
-                  strip_continuation)
+from eval import NUMBER, build_prompt as eval_prompt, is_correct, should_stop
 from cli import bounded, dropout, nonnegative_float, nonnegative_int, nucleus, positive_float, positive_int
 from generate import compile_decode, generate, token_logprobs
 from lora import add_lora, lora_disabled, refuse_16bit_full_finetuning
 from model import Qwen2
 from tokenizer import load_tokenizer
+from rewards import (REWARDS, Completion, RewardFn, add_reward_arguments, answer_part, bind_reward, is_right,
+                     reward_from_args, score, well_formed)
 from run import adamw, autocast, check_same_weights, learning_rate, step_examples
 from teacher import STEP_MARKER, add_teacher_arguments, load_from_args, num_masked
 
@@ -129,62 +128,10 @@ def prompt_builder(kind: str = "masked", mask_answer_steps: bool = False) -> Cal
 
 
 # -----------------------------------------------------------------------------
-# 2. Rewards: reward(completion, example) -> float
+# 2. The paper's reward
 #
-# `completion` is what the policy wrote (a Completion: its text, token count, the token limit and
-# whether the limit cut it); `example` has .answer (the gold number as a string) and .steps (the
-# teacher's steps). A reward that wants its components logged writes them into completion.parts,
-# which metrics.jsonl shows as reward_<key>; the loop logs accuracy (parts["correct"], eval's
-# grading) and format (parts["format"], well_formed) unless the reward sets them. A reward's own
-# options are its keyword parameters after (completion, example), each with a default
-# (paper's words_per_step, overlong's overlong_buffer); `--reward-option NAME=VALUE` sets one
-# (section 6 checks and binds them once, at start-up).
-
-
-@dataclass
-class Completion:
-    """One sampled completion, as a reward sees it."""
-    text: str
-    num_tokens: int = 0          # completion tokens, EOS included
-    max_new_tokens: int = 256    # the token limit it was sampled under
-    truncated: bool = False      # whether the limit cut it
-    parts: dict[str, float] = dataclasses.field(default_factory=dict)  # components to log
-
-
-def well_formed(solution: str) -> bool:
-    """The paper's format check, one rule for stages 2 and 3: a `Step k:` label (teacher.py's
-    STEP_MARKER, the one that splits the teacher data: any case and spacing) and an answer label
-    (eval.ANSWER_LABEL, the one eval reads the answer from: `Answer:` or `Final Answer:`, any case)."""
-    return bool(STEP_MARKER.search(solution)) and ANSWER_LABEL.search(solution) is not None
-
-
-def _correct(text: str, example) -> bool:
-    return is_correct(extract_answer(text), str(example.answer))
-
-
-def answer_part(text: str) -> str:
-    """The response up to the end of its first answer line (the authors cut there too): what
-    follows the answer is not part of the solution and must not count towards its length."""
-    text = strip_continuation(text)
-    match = ANSWER_LABEL.search(text)
-    end = text.find("\n", match.end()) if match else -1
-    return text[:end] if end >= 0 else text
-
-
-# The authors' budget of 35 words a teacher step was set for R1 rationales of ~290 words in ~4.7
-# steps, i.e. B is ~0.57 of a teacher step's ~62 words. Other teacher data (GSM8K's own
-# solutions: ~58 words in ~4 steps) needs the same share of its own steps, or every response is
-# far under B and the length term is ~0 (tiny_world.py scales its world's budget the same way).
-PAPER_WORDS_PER_STEP = 35.0
-R1_WORDS_PER_STEP = 62.0
-
-
-def calibrated_words_per_step(examples: Sequence[Any]) -> float:
-    """35 * (the teacher data's words per step) / 62, words per step = all rationale words /
-    all steps: the paper's budget as the same share of this data's steps."""
-    words = sum(len(e.rationale.split()) for e in examples)
-    steps = sum(len(e.steps) for e in examples)
-    return round(PAPER_WORDS_PER_STEP * words / max(steps, 1) / R1_WORDS_PER_STEP, 1)
+# What a reward sees (Completion), the format check (well_formed, answer_part), the other rewards
+# and the one registry --reward chooses from are in rewards.py; this is the paper's stage-2 reward.
 
 
 def reward_paper(completion: Completion, example, words_per_step: float = 35.0) -> float:
@@ -203,7 +150,7 @@ def reward_paper(completion: Completion, example, words_per_step: float = 35.0) 
     The maximum is 1 + 0.9 + 0.2 = 2.1."""
     solution = answer_part(completion.text)
     n, w, markers = len(example.steps), len(solution.split()), len(STEP_MARKER.findall(solution))
-    correct, formatted = _correct(completion.text, example), well_formed(solution)
+    correct, formatted = is_right(completion.text, example), well_formed(solution)
     completion.parts.update(correct=float(correct), format=float(formatted), step_bonus=0.0, length=0.0, words=float(w))
     if not correct:
         return -2.0
@@ -221,57 +168,7 @@ def reward_paper(completion: Completion, example, words_per_step: float = 35.0) 
     return 1.0 + s + t
 
 
-def reward_correct(completion: Completion, example) -> float:
-    """Correctness only: 1 if the extracted answer equals the gold number, else 0."""
-    correct = _correct(completion.text, example)
-    completion.parts.update(correct=float(correct))
-    return float(correct)
-
-
-def reward_overlong(completion: Completion, example, overlong_buffer: int = 64) -> float:
-    """Correctness (+1 / -1) plus DAPO's soft overlong penalty (Yu et al. 2025), in tokens.
-
-    With L = completion tokens, L_max = max_new_tokens and a buffer L_c = overlong_buffer:
-      penalty = 0                              if L <= L_max - L_c
-                (L_max - L_c - L) / L_c        if L_max - L_c < L <= L_max   (0 down to -1)
-    so answers are free to be long until they approach the limit, then pay linearly."""
-    correct, n = _correct(completion.text, example), completion.num_tokens
-    threshold = completion.max_new_tokens - overlong_buffer
-    penalty = 0.0 if n <= threshold else max((threshold - n) / max(overlong_buffer, 1), -1.0)
-    completion.parts.update(correct=float(correct), overlong=penalty)
-    return (1.0 if correct else -1.0) + penalty
-
-
-def reward_cosine(completion: Completion, example) -> float:
-    """Cosine length-scaled reward (Yeo et al. 2025, "Demystifying long chain-of-thought").
-
-    With x = L / L_max (L = completion tokens, L_max = max_new_tokens):
-      r = r_L + (r_0 - r_L) * (1 + cos(pi * x)) / 2
-    right: r_0 = 1, r_L = 0.5 (shorter is better); wrong: r_0 = -1, r_L = -0.5 (a wrong answer
-    is punished less when the model at least kept thinking); cut by the limit: -1."""
-    correct = _correct(completion.text, example)
-    if completion.truncated:
-        value = -1.0
-    else:
-        r0, rL = (1.0, 0.5) if correct else (-1.0, -0.5)
-        x = min(completion.num_tokens / max(completion.max_new_tokens, 1), 1.0)
-        value = rL + (r0 - rL) * 0.5 * (1.0 + math.cos(math.pi * x))
-    completion.parts.update(correct=float(correct))
-    return value
-
-
-RewardFn = Callable[[Completion, Any], float]
-
-
-# The one registry of rewards, by the name --reward takes, for every stage that takes rewards:
-# stage 3 adds its rewriting rewards to it (stage3_rewrite.py), and a reward kept in a file of
-# one's own needs no entry (`--reward FILE.py:FUNCTION`, load_reward).
-REWARDS: dict[str, RewardFn] = {
-    "paper": reward_paper,
-    "correct": reward_correct,
-    "overlong": reward_overlong,
-    "cosine": reward_cosine,
-}
+REWARDS["paper"] = reward_paper   # --reward paper, this stage's default
 
 
 # -----------------------------------------------------------------------------
@@ -553,18 +450,6 @@ def _pad(rows: list[list[float] | None], width: int, device) -> torch.Tensor:
 # below, is the loop around them.
 
 
-def finite_reward(reward_fn: RewardFn, completion: Completion, example) -> float:
-    """reward_fn(completion, example), refused in one line when it is not a finite number: a nan
-    or inf would spread through its group's advantages into the weights."""
-    value = float(reward_fn(completion, example))
-    if not math.isfinite(value):
-        name = getattr(getattr(reward_fn, "func", reward_fn), "__name__", repr(reward_fn))  # partial: its function
-        question = " ".join(str(getattr(example, "question", example)).split())
-        raise ValueError(f"reward {name} returned {value} for the question "
-                         f"{question[:80] + ('...' if len(question) > 80 else '')!r}: a reward must be a finite number")
-    return value
-
-
 def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_ids: list[list[int]],
               loss_ids: list[list[int]], examples: Sequence[Any], reward_fn: RewardFn,
               generator: torch.Generator, lr: float,
@@ -583,17 +468,13 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
     rollout_seconds = time.time() - t0
     loss_prompts = [loss_ids[row // G] for row in range(len(ro.completions))]
 
-    # 2. rewards and group-normalised advantages; the rows that train (groups with reward spread)
+    # 2. rewards (score: refused unless finite; accuracy and format logged whatever the reward)
+    #    and group-normalised advantages; the rows that train (groups with reward spread)
     scored = [Completion(text, len(tokens), cfg.max_new_tokens, trunc)
               for text, tokens, trunc in zip(ro.texts, ro.completions, ro.truncated)]
-    rewards = torch.tensor([finite_reward(reward_fn, c, examples[row // G]) for row, c in enumerate(scored)],
+    rewards = torch.tensor([score(reward_fn, c, examples[row // G]) for row, c in enumerate(scored)],
                            dtype=torch.float32)
     parts = [c.parts for c in scored]
-    for row, part in enumerate(parts):  # accuracy and format are logged whatever the reward is
-        if "format" not in part:
-            part["format"] = float(well_formed(answer_part(ro.texts[row])))
-        if "correct" not in part and getattr(examples[row // G], "answer", None) is not None:
-            part["correct"] = float(_correct(ro.texts[row], examples[row // G]))
     advantages, zero_var = group_advantages(rewards, G, std_scale=cfg.std_scale)
     # A completion scored under a prompt it was not sampled from (stage 3's --policy-prompt eval)
     # is no policy-gradient sample there: the model never wrote it under that prompt, so there is
@@ -813,7 +694,7 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
                desc: str = "grpo", options: dict | None = None) -> dict:
     """GRPO on `examples`: build_prompt(example, rng) gives each prompt's text and
     reward_fn(completion, example) scores each completion (a Completion: text, tokens, limit,
-    truncated; section 2). Writes the final checkpoint, metrics.jsonl and intermediate
+    truncated; rewards.py). Writes the final checkpoint, metrics.jsonl and intermediate
     checkpoints to config.out; returns a summary (steps, out, first and last reward and length).
 
     build_prompt may also return a pair (prompt to sample from, prompt the loss conditions the
@@ -888,98 +769,6 @@ def train_grpo(config: GRPOConfig | argparse.Namespace, examples: Sequence[Any],
 
 # -----------------------------------------------------------------------------
 # 6. Command line
-
-
-def add_reward_arguments(group, default: str):
-    """--reward and the reward's options (stages 2 and 3; reward_from_args reads them)."""
-    group.add_argument("--reward", default=default,
-                       help=f"the reward: one of {', '.join(sorted(REWARDS))}, or FILE.py:FUNCTION for a "
-                            f"reward in a file of your own")
-    group.add_argument("--reward-option", action="append", default=[], metavar="NAME=VALUE",
-                       help="set one of the reward's keyword parameters (repeatable), e.g. words_per_step=20 "
-                            "(default: none, each keeps its default)")
-    group.add_argument("--words-per-step", type=positive_float, default=None,
-                       help="words_per_step of a reward that takes it, as paper: B = this * teacher steps (None: 35 "
-                            "scaled to the teacher data's words per step, see calibrated_words_per_step; printed)")
-    group.add_argument("--overlong-buffer", type=positive_int, default=None,
-                       help="overlong_buffer of a reward that takes it, as overlong: tokens before the limit where "
-                            "the penalty starts (None: the reward's default, 64)")
-
-
-def load_reward(spec: str) -> RewardFn:
-    """The reward --reward names: a name in REWARDS, or FILE.py:FUNCTION, a function in a file of
-    one's own (loaded as a module; it may import this file for Completion, answer_part, ...)."""
-    if spec in REWARDS:
-        return REWARDS[spec]
-    path, _, name = spec.rpartition(":")
-    if not path.endswith(".py") or not name:
-        raise cli.UsageError(f"--reward {spec}: not a registered reward ({', '.join(sorted(REWARDS))}) "
-                             f"nor FILE.py:FUNCTION")
-    if not Path(path).is_file():
-        raise cli.UsageError(f"--reward {spec}: {path}: no such file")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    reward = getattr(module, name, None)
-    if not callable(reward):
-        raise cli.UsageError(f"--reward {spec}: {path} defines no function {name}")
-    return reward
-
-
-def reward_options(reward: RewardFn) -> dict[str, Any]:
-    """A reward's own options: its parameters after (completion, example), with their defaults."""
-    params = list(inspect.signature(reward).parameters.values())[2:]
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-
-
-def option_value(text: str, default: Any) -> Any:
-    """A --reward-option value as its default's type (text when the default is None)."""
-    if isinstance(default, bool):   # bool("false") would be True
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(text)
-        return text.lower() in ("true", "1")
-    return text if default is None else type(default)(text)
-
-
-def reward_from_args(args) -> tuple[RewardFn, dict[str, Any]]:
-    """The reward --reward names and the options given for it, each checked against the reward's
-    keyword parameters and converted to its default's type: --reward-option NAME=VALUE, and
-    --words-per-step / --overlong-buffer for a reward that takes words_per_step / overlong_buffer
-    (ignored by one that does not, so a run script can pass them whatever the reward). Called
-    before any work, so a typo costs nothing."""
-    reward, name = load_reward(args.reward), args.reward
-    known = reward_options(reward)
-    options: dict[str, Any] = {}
-    for item in args.reward_option:
-        key, sep, text = item.partition("=")
-        if not sep or key not in known:
-            problem = f"reward {name} has no option {key!r}" if sep else "expected NAME=VALUE"
-            raise cli.UsageError(f"--reward-option {item}: {problem} (the options of reward {name}: "
-                                 f"{', '.join(known) or 'none'})")
-        try:
-            options[key] = option_value(text, known[key])
-        except ValueError:
-            raise cli.UsageError(f"--reward-option {item}: reward {name} expects {key} as "
-                                 f"{type(known[key]).__name__}, like its default {known[key]!r}") from None
-    for key in ("words_per_step", "overlong_buffer"):
-        if getattr(args, key) is not None and key in known:
-            if key in options:
-                raise cli.UsageError(f"--reward-option {key}: given twice, also as --{key.replace('_', '-')}")
-            options[key] = getattr(args, key)
-    return reward, options
-
-
-def bind_reward(reward: RewardFn, options: dict[str, Any], examples: Sequence[Any], desc: str) -> RewardFn:
-    """The reward with its options bound (functools.partial). A reward that takes words_per_step
-    and was not given one gets the paper's 35 calibrated to `examples` (printed once)."""
-    options = dict(options)
-    if "words_per_step" in reward_options(reward) and "words_per_step" not in options:
-        options["words_per_step"] = calibrated_words_per_step(examples)
-        words = sum(len(e.rationale.split()) for e in examples) / max(sum(len(e.steps) for e in examples), 1)
-        if os.environ.get("RANK", "0") == "0":   # once under torchrun
-            print(f"{desc}: --words-per-step {options['words_per_step']:g} (35 x {words:.1f} teacher words per "
-                  f"step / {R1_WORDS_PER_STEP:g}, the authors' R1 rationales; pass --words-per-step to override)")
-    return functools.partial(reward, **options) if options else reward
 
 
 def main(argv=None) -> dict:

@@ -19,8 +19,8 @@ The pieces, in the order this file defines them:
   2. the prompt       - the question and the teacher's full rationale, with the instruction to
                         rewrite it step by step, shorter, same answer, ending in `Final Answer: N`.
   3. rewards          - `paper_rewrite`, the ratio reward of PAPER.md, and alternatives by name,
-                        registered in stage 2's registry, so stage 2's rewards (and options) are
-                        offered here too.
+                        registered in the one registry (rewards.py), so stage 2's rewards (and
+                        options) are offered here too.
   4. GRPO             - imported from stage2_grpo.py: the same loop, options, metrics.jsonl,
                         checkpoints and --resume. Only the prompts and the reward are this file's.
 
@@ -69,7 +69,8 @@ from eval import answer_in_batches, build_prompt, extract_answer, is_correct
 from generate import compile_decode
 from model import Qwen2
 from cli import nonnegative_float, nucleus, positive_int, write_atomic
-from stage2_grpo import answer_part
+from rewards import (REWARDS, Completion, add_reward_arguments, answer_part, bind_reward, is_right,
+                     reward_from_args, well_formed)
 from teacher import add_teacher_arguments, format_rationale, load_from_args, load_teacher_data
 from tokenizer import load_tokenizer
 
@@ -182,11 +183,11 @@ def build_rewrite_prompt(question: str, rationale: str) -> str:
 # -----------------------------------------------------------------------------
 # 3. Rewards: reward(completion, example) -> float, chosen by name with --reward
 #
-# The contract is stage 2's (stage2_grpo.py, section 2): `completion` a stage2.Completion (text,
-# token count, limit, truncated, and `parts` for the components metrics.jsonl logs), `example` a
-# Failure (or any teacher record). The registry is stage 2's too, and so are its options
-# (--reward-option, --words-per-step, --overlong-buffer): `paper` judges a rewrite as stage 2
-# judges a completion, its budget B = words_per_step * the teacher's steps.
+# The contract is rewards.py's, as in stage 2: `completion` a Completion (text, token count, limit,
+# truncated, and `parts` for the components metrics.jsonl logs), `example` a Failure (or any
+# teacher record). The registry and the options (--reward-option, --words-per-step,
+# --overlong-buffer) are the same: `paper` judges a rewrite as stage 2 judges a completion, its
+# budget B = words_per_step * the teacher's steps.
 
 
 def word_count(text: str) -> int:
@@ -214,17 +215,17 @@ def teacher_words(example) -> int:
     return word_count(format_rationale(example.steps, str(example.answer)))
 
 
-def _judge(completion: stage2.Completion, example) -> tuple[bool, bool, float]:
+def _judge(completion: Completion, example) -> tuple[bool, bool, float]:
     """(right answer, has `Step k:` and `Answer:`, word ratio to the teacher), logged in its parts."""
     text = answer_part(completion.text)
-    correct = is_correct(extract_answer(text), str(example.answer))
-    formatted = stage2.well_formed(text)
+    correct = is_right(text, example)
+    formatted = well_formed(text)
     ratio = word_count(text) / max(1, teacher_words(example))
     completion.parts.update(correct=float(correct), format=float(formatted), ratio=ratio, words=float(word_count(text)))
     return correct, formatted, ratio
 
 
-def paper_rewrite(completion: stage2.Completion, example) -> float:
+def paper_rewrite(completion: Completion, example) -> float:
     """The paper's stage-3 reward, with ratio = response words / teacher-rationale words
     (teacher_words: the steps and the answer line, without any "Thinking..." section):
 
@@ -247,7 +248,7 @@ def paper_rewrite(completion: stage2.Completion, example) -> float:
     return 1.0 + compression_bonus(ratio)
 
 
-def rewrite_linear(completion: stage2.Completion, example) -> float:
+def rewrite_linear(completion: Completion, example) -> float:
     """paper_rewrite with a compression term that is never flat: wrong -2, missing steps or
     answer -1, else 1 + clip(1 - ratio, -0.5, 0.8). The paper's term gives no signal between
     0.8 and 1 times the teacher's length, so a group of near-copies of the teacher has zero
@@ -260,12 +261,10 @@ def rewrite_linear(completion: stage2.Completion, example) -> float:
     return 1.0 + min(max(1.0 - ratio, -0.5), 0.8)
 
 
-# Registered in the one registry, stage 2's, which offers stage 2's rewards here too (its
+# Registered in the one registry (rewards.py), which offers the other rewards here too (stage 2's
 # hierarchical length reward, correctness alone, DAPO's overlong penalty, cosine length) and any
 # reward added to it. (REWARDS is that registry under this file's name.)
-REWARDS = stage2.REWARDS
-REWARDS["paper_rewrite"] = paper_rewrite
-REWARDS["rewrite_linear"] = rewrite_linear
+REWARDS.update(paper_rewrite=paper_rewrite, rewrite_linear=rewrite_linear)
 
 
 # -----------------------------------------------------------------------------
@@ -327,7 +326,7 @@ def main(argv=None) -> dict:
     g.add_argument("--mine-max-new-tokens", type=positive_int, default=512, help="as eval.py")
     g.add_argument("--mine-batch-size", type=positive_int, default=32, help="sequences per generate call")
     g = parser.add_argument_group("stage 3: prompt and reward")
-    stage2.add_reward_arguments(g, default="paper_rewrite")
+    add_reward_arguments(g, default="paper_rewrite")
     g.add_argument("--policy-prompt", default="rewrite", choices=POLICY_PROMPTS,
                    help="the prompt each sampled rewrite is scored under in the loss: the rewriting prompt it was "
                         "sampled from (GRPO), or the plain evaluation prompt (reward-weighted fine-tuning on the "
@@ -338,7 +337,7 @@ def main(argv=None) -> dict:
     if args.failure_threshold > args.attempts:  # a bad threshold fails before any work
         parser.error(f"argument --failure-threshold: expected an integer in [1, --attempts = {args.attempts}], "
                      f"got {args.failure_threshold}")
-    reward, reward_opts = stage2.reward_from_args(args)   # so does a bad reward or option
+    reward, reward_opts = reward_from_args(args)   # so does a bad reward or option
 
     dist = distributed.setup(args.device)
     out = Path(args.out)
@@ -365,7 +364,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"stage 3: no persistent failures to train on ({note})")
 
     # 2. GRPO on the rewriting prompts, with the chosen reward and the chosen loss prompt
-    reward_fn = stage2.bind_reward(reward, reward_opts, failures, desc="stage 3")
+    reward_fn = bind_reward(reward, reward_opts, failures, desc="stage 3")
     prompt_of = rewrite_then_eval_prompt_of if args.policy_prompt == "eval" else rewrite_prompt_of
     summary = stage2.train_grpo(stage2.GRPOConfig.from_args(args), failures, prompt_of, reward_fn, desc="stage3",
                                 options=vars(args))  # saved with each checkpoint; --resume checks them

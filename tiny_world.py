@@ -622,8 +622,8 @@ def suggested_settings(teacher: list[dict]) -> dict:
     """Stage settings scaled to this world. The paper's stage-2 length budget is B = 35 words per
     teacher step, sized for R1 rationales of ~62 words a step (so B is ~0.57 of the teacher's
     length); the same share of a tiny-world teacher step is far fewer words (the rule of
-    stage2_grpo.calibrated_words_per_step, rounded to whole words here)."""
-    from stage2_grpo import PAPER_WORDS_PER_STEP, R1_WORDS_PER_STEP
+    rewards.calibrated_words_per_step, rounded to whole words here)."""
+    from rewards import PAPER_WORDS_PER_STEP, R1_WORDS_PER_STEP
     words = sum(len(t["rationale"].split()) for t in teacher)
     steps = sum(len(t["steps"]) for t in teacher)
     per_step = words / steps

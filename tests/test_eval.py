@@ -138,8 +138,9 @@ def test_eval_cli_end_to_end(tiny_qwen_checkpoint, tmp_path, capsys):
 
 def test_the_data_modules_import_without_torch():
     """eval.py, teacher.py and tiny_world.py import torch only inside the functions that run a
-    model, so reading data, grading and the results table do not pay for loading it."""
-    code = ("import sys, eval, teacher, tiny_world\n"
+    model, so reading data, grading and the results table do not pay for loading it; rewards.py,
+    which judges text, imports none at all."""
+    code = ("import sys, eval, teacher, tiny_world, rewards\n"
             "print(sorted(m for m in ('torch', 'model', 'generate') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

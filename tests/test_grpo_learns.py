@@ -10,17 +10,18 @@ add up to "make the better completions more likely", this reward would not rise.
 import json
 import math
 
+import rewards
 import stage2_grpo as s2
 from eval import extract_answer
 from teacher import load_teacher_data
 
 
-def brevity(completion: s2.Completion, example) -> float:
+def brevity(completion: rewards.Completion, example) -> float:
     """r = -words/50 when the completion ends in an answer line, else -2 (a reward written the
     way a reader would write one: a plain function of the completion)."""
     text = completion.text
     answered = extract_answer(text) is not None and "Answer:" in text
-    completion.parts.update(correct=float(s2._correct(text, example)), answered=float(answered),
+    completion.parts.update(correct=float(rewards.is_right(text, example)), answered=float(answered),
                             words=len(text.split()))
     return -len(text.split()) / 50 if answered else -2.0
 

@@ -24,3 +24,11 @@ def test_stage_2_does_not_import_stage_1():
     """What both stages use (AdamW, the schedule, the data order) lives in run.py, and the hint
     count in teacher.py; stage 2 reads on its own, beside stage 1 rather than above it."""
     assert "stage1_reconstruct" not in project_imports("stage2_grpo")
+
+
+def test_the_rewards_import_no_torch_and_only_the_data_modules():
+    """rewards.py is the contract a reward meets (what it sees, the registry, its options): it reads
+    completions as text, so it imports no torch, and of the project only what judges text: cli,
+    eval (the grading) and teacher (the step marker). A reward file importing it stays light."""
+    assert "torch" not in imported_modules((ROOT / "rewards.py").read_text())
+    assert project_imports("rewards") <= {"cli", "eval", "teacher"}

@@ -10,6 +10,7 @@ import torch
 
 import cli
 import eval as ev
+import rewards
 import stage1_reconstruct as s1
 import stage2_grpo as s2
 import stage3_rewrite as s3
@@ -179,7 +180,7 @@ def test_authors_thinking_is_kept_by_default_and_can_be_dropped():
     assert all(d.rationale == teacher.format_rationale(d.steps, d.answer) for d in dropped)
     # stage 3's ratio denominator is the rationale stage 1 teaches (no thinking): the same either way
     rewrite = "Step 1: " + "word " * 60 + "\nFinal Answer: " + kept[0].answer
-    as_kept, as_dropped = s2.Completion(rewrite), s2.Completion(rewrite)
+    as_kept, as_dropped = rewards.Completion(rewrite), rewards.Completion(rewrite)
     s3.paper_rewrite(as_kept, kept[0])
     s3.paper_rewrite(as_dropped, dropped[0])
     assert as_kept.parts["ratio"] == as_dropped.parts["ratio"]
@@ -209,7 +210,7 @@ def test_stage3_failures_file_keeps_thinking_unless_told(monkeypatch, tmp_path):
 
 def test_words_per_step_is_calibrated_to_the_teacher_data(monkeypatch, tmp_path, capsys):
     r1_like = [teacher.TeacherExample("q", "1", " ".join(["w"] * 310), ["a"] * 5)]   # 62 words a step
-    assert s2.calibrated_words_per_step(r1_like) == 35.0
+    assert rewards.calibrated_words_per_step(r1_like) == 35.0
     seen = {}
 
     def fake_train(config, examples, build_prompt, reward_fn, desc="", train_prompt=None, **more):
@@ -234,11 +235,11 @@ def test_paper_reward_counts_words_up_to_the_answer_line():
     ex = teacher.TeacherExample("q", "4", "r", ["a", "b", "c"])
     answer = "Step 1: 2 + 2 = 4.\nAnswer: 4"
     tail = "\nStep 2: " + "and so on " * 100
-    alone, with_tail = s2.Completion(answer), s2.Completion(answer + tail)
+    alone, with_tail = rewards.Completion(answer), rewards.Completion(answer + tail)
     assert s2.reward_paper(with_tail, ex, words_per_step=10) == s2.reward_paper(alone, ex, words_per_step=10)
     assert with_tail.parts["words"] == alone.parts["words"] == len(answer.split())
-    assert s2.answer_part("Step 1: x\nFinal Answer: 3\nQuestion: next") == "Step 1: x\nFinal Answer: 3"
-    assert s3.answer_part is s2.answer_part and s3.REWARDS["paper"] is s2.reward_paper
+    assert rewards.answer_part("Step 1: x\nFinal Answer: 3\nQuestion: next") == "Step 1: x\nFinal Answer: 3"
+    assert s3.answer_part is s2.answer_part is rewards.answer_part and s3.REWARDS["paper"] is s2.reward_paper
 
 
 @pytest.mark.parametrize("text", ["Step 1: 2 + 2 = 4.\nAnswer: 4", "step 1: 2 + 2 = 4.\nFINAL ANSWER: 4",
@@ -247,8 +248,8 @@ def test_the_format_check_finds_an_answer_line_where_eval_reads_one(text):
     # one answer label (eval.ANSWER_LABEL): what the rewards call formatted is what eval reads
     # its answer from, and answer_part cuts at the end of that same line
     from eval import ANSWER_LINE
-    assert s2.well_formed(text) == bool(ANSWER_LINE.search(text))
-    assert s2.answer_part(text + "\nStep 2: more") == (text if s2.well_formed(text) else text + "\nStep 2: more")
+    assert rewards.well_formed(text) == bool(ANSWER_LINE.search(text))
+    assert rewards.answer_part(text + "\nStep 2: more") == (text if rewards.well_formed(text) else text + "\nStep 2: more")
 
 
 def test_advantages_without_std_scale_are_r_minus_mean():

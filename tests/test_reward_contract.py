@@ -17,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 import cli
+import rewards
 import stage2_grpo as s2
 import stage3_rewrite as s3
 from conftest import BRIDGE_STAGE3, ROOT
@@ -78,17 +79,17 @@ def budgeted(completion, example, words_per_step: float = 35.0, overlong_buffer:
 
 
 def test_one_registry_serves_both_stages(monkeypatch, seen, data, tmp_path):
-    monkeypatch.setitem(s2.REWARDS, "brevity", brevity)   # added where stage 2's rewards are
+    monkeypatch.setitem(rewards.REWARDS, "brevity", brevity)   # added to the one registry
     stage2(data, tmp_path, "--reward", "brevity")
     assert seen["reward_fn"] is brevity
     stage3(data, tmp_path, "--reward", "brevity")         # ...and stage 3 offers it
     assert seen["reward_fn"] is brevity
-    assert s3.REWARDS is s2.REWARDS and {"paper_rewrite", "rewrite_linear"} <= set(s2.REWARDS)
+    assert s3.REWARDS is s2.REWARDS is rewards.REWARDS and {"paper_rewrite", "rewrite_linear"} <= set(rewards.REWARDS)
     # the defaults stay: the paper's reward in stage 2 (its budget calibrated), paper_rewrite in stage 3
     stage2(data, tmp_path / "a")
     assert seen["reward_fn"].func is s2.reward_paper and set(seen["reward_fn"].keywords) == {"words_per_step"}
     stage3(data, tmp_path / "a")   # (registered anew, by another function object, when stage 3 runs as a script)
-    assert seen["reward_fn"] is s2.REWARDS["paper_rewrite"] and seen["reward_fn"].__name__ == "paper_rewrite"
+    assert seen["reward_fn"] is rewards.REWARDS["paper_rewrite"] and seen["reward_fn"].__name__ == "paper_rewrite"
 
 
 # -----------------------------------------------------------------------------
@@ -96,17 +97,17 @@ def test_one_registry_serves_both_stages(monkeypatch, seen, data, tmp_path):
 
 
 def test_reward_options_are_the_rewards_keyword_parameters(monkeypatch, seen, data, tmp_path):
-    monkeypatch.setitem(s2.REWARDS, "scaled", scaled)
+    monkeypatch.setitem(rewards.REWARDS, "scaled", scaled)
     stage2(data, tmp_path, "--reward", "scaled", "--reward-option", "scale=0.5", "--reward-option", "negate=true",
            "--reward-option", "offset=3")
     assert seen["reward_fn"].func is scaled
     assert seen["reward_fn"].keywords == {"scale": 0.5, "negate": True, "offset": 3}   # the defaults' types
     assert type(seen["reward_fn"].keywords["offset"]) is int
-    assert seen["reward_fn"](s2.Completion("a b c d"), None) == -2.0 + 3
+    assert seen["reward_fn"](rewards.Completion("a b c d"), None) == -2.0 + 3
     stage3(data, tmp_path, "--reward", "scaled", "--reward-option", "scale=2")   # stage 3 binds them alike
     assert seen["reward_fn"].keywords == {"scale": 2.0}
     stage2(data, tmp_path / "b", "--reward", "overlong", "--reward-option", "overlong_buffer=10")
-    assert seen["reward_fn"].func is s2.reward_overlong and seen["reward_fn"].keywords == {"overlong_buffer": 10}
+    assert seen["reward_fn"].func is rewards.reward_overlong and seen["reward_fn"].keywords == {"overlong_buffer": 10}
 
 
 @pytest.mark.parametrize("option, message", [
@@ -119,7 +120,7 @@ def test_reward_options_are_the_rewards_keyword_parameters(monkeypatch, seen, da
 ])
 def test_a_bad_reward_option_is_one_line_naming_reward_and_option(monkeypatch, seen, data, tmp_path, option,
                                                                    message):
-    monkeypatch.setitem(s2.REWARDS, "scaled", scaled)
+    monkeypatch.setitem(rewards.REWARDS, "scaled", scaled)
     with pytest.raises(cli.UsageError) as caught:
         stage2(data, tmp_path, "--reward", "scaled", "--reward-option", option)
     assert message in str(caught.value) and "\n" not in str(caught.value)
@@ -131,17 +132,17 @@ def test_a_bad_reward_option_is_one_line_naming_reward_and_option(monkeypatch, s
 
 def test_words_per_step_and_overlong_buffer_reach_any_reward_that_takes_them(monkeypatch, seen, data, tmp_path,
                                                                             capsys):
-    monkeypatch.setitem(s2.REWARDS, "budgeted", budgeted)
+    monkeypatch.setitem(rewards.REWARDS, "budgeted", budgeted)
     stage2(data, tmp_path / "a", "--reward", "budgeted", "--words-per-step", "12", "--overlong-buffer", "5")
     assert seen["reward_fn"].keywords == {"words_per_step": 12.0, "overlong_buffer": 5}
     assert "--words-per-step" not in capsys.readouterr().out
     stage2(data, tmp_path / "b", "--reward", "budgeted")   # not given: calibrated and printed, as for paper
-    wps = s2.calibrated_words_per_step(load_teacher_data(str(data)))
+    wps = rewards.calibrated_words_per_step(load_teacher_data(str(data)))
     assert seen["reward_fn"].keywords == {"words_per_step": wps}
     assert f"stage 2: --words-per-step {wps:g}" in capsys.readouterr().out
     # a reward without them ignores them, so a run script may pass them whatever --reward says
     stage2(data, tmp_path / "c", "--reward", "correct", "--words-per-step", "12", "--overlong-buffer", "5")
-    assert seen["reward_fn"] is s2.reward_correct
+    assert seen["reward_fn"] is rewards.reward_correct
     with pytest.raises(cli.UsageError, match="given twice"):
         stage2(data, tmp_path / "d", "--reward", "budgeted", "--words-per-step", "12",
                "--reward-option", "words_per_step=9")
@@ -162,9 +163,9 @@ def test_a_reward_in_a_file_of_ones_own(seen, data, tmp_path):
     (tmp_path / "my_rewards.py").write_text(MY_REWARDS)
     spec = f"{tmp_path / 'my_rewards.py'}:brevity"
     stage2(data, tmp_path / "a", "--reward", spec, "--reward-option", "per_word=0.5")
-    assert seen["reward_fn"](s2.Completion("one two three"), None) == -1.5
+    assert seen["reward_fn"](rewards.Completion("one two three"), None) == -1.5
     stage3(data, tmp_path / "b", "--reward", spec)
-    assert seen["reward_fn"](s2.Completion("one two three"), None) == pytest.approx(-0.03)
+    assert seen["reward_fn"](rewards.Completion("one two three"), None) == pytest.approx(-0.03)
     for bad, message in [(f"{tmp_path / 'nothere.py'}:brevity", "nothere.py: no such file"),
                          (f"{tmp_path / 'my_rewards.py'}:shortness", "my_rewards.py defines no function shortness"),
                          ("brevty", "--reward brevty: not a registered reward (")]:
@@ -273,11 +274,11 @@ def test_stage3_ratio_is_against_the_rationale_stage1_teaches():
     assert kept[0].rationale.startswith("Thinking") and kept[0].steps == dropped[0].steps
     target = format_rationale(kept[0].steps, kept[0].answer)   # stage 1's target, thinking or not
     rewrite = "Step 1: " + "word " * 30 + "\nFinal Answer: " + kept[0].answer
-    as_kept, as_dropped = s2.Completion(rewrite), s2.Completion(rewrite)
+    as_kept, as_dropped = rewards.Completion(rewrite), rewards.Completion(rewrite)
     assert s3.paper_rewrite(as_kept, kept[0]) == s3.paper_rewrite(as_dropped, dropped[0])
     assert as_kept.parts["ratio"] == as_dropped.parts["ratio"] == len(rewrite.split()) / len(target.split())
     # copying what stage 1 taught is no compression: ratio 1, no bonus (against the thinking ~0.5, +0.5)
-    copy = s2.Completion(target)
+    copy = rewards.Completion(target)
     assert s3.paper_rewrite(copy, kept[0]) == 1.0 and copy.parts["ratio"] == 1.0
 
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import rewards
 import stage2_grpo as s2
 from conftest import BRIDGE_STAGE3, GradientRecorder, small_policy
 from distributed import Dist
@@ -129,7 +130,7 @@ def test_states_answer_compares_numbers_as_numbers():
 
 
 def paper(text, ex=None, wps=10.0):
-    completion = s2.Completion(text)
+    completion = rewards.Completion(text)
     return s2.reward_paper(completion, ex or example(4), words_per_step=wps), completion.parts
 
 
@@ -173,15 +174,15 @@ def test_paper_reward_uses_words_per_step():
 
 def test_correct_only_reward():
     ex = example(3)
-    assert s2.reward_correct(s2.Completion("Step 1: 9 + 9\nFinal Answer: 18"), ex) == 1.0
-    assert s2.reward_correct(s2.Completion("Final Answer: 18.0"), ex) == 1.0  # numbers compared as numbers
-    assert s2.reward_correct(s2.Completion("Final Answer: 19"), ex) == 0.0
-    assert s2.reward_correct(s2.Completion("no number at all"), ex) == 0.0
+    assert rewards.reward_correct(rewards.Completion("Step 1: 9 + 9\nFinal Answer: 18"), ex) == 1.0
+    assert rewards.reward_correct(rewards.Completion("Final Answer: 18.0"), ex) == 1.0  # numbers compared as numbers
+    assert rewards.reward_correct(rewards.Completion("Final Answer: 19"), ex) == 0.0
+    assert rewards.reward_correct(rewards.Completion("no number at all"), ex) == 0.0
 
 
 def test_overlong_reward_boundaries():
     ex = example(3)
-    r = lambda text, n: s2.reward_overlong(s2.Completion(text, n, max_new_tokens=100), ex, overlong_buffer=20)
+    r = lambda text, n: rewards.reward_overlong(rewards.Completion(text, n, max_new_tokens=100), ex, overlong_buffer=20)
     assert r("Answer: 18", 80) == 1.0                                   # at L_max - L_c: free
     assert r("Answer: 18", 90) == pytest.approx(0.5)                    # half way into the buffer
     assert r("Answer: 18", 100) == pytest.approx(0.0)                   # at the limit: -1
@@ -191,7 +192,7 @@ def test_overlong_reward_boundaries():
 
 def test_cosine_reward_boundaries():
     ex = example(3)
-    r = lambda text, n, truncated=False: s2.reward_cosine(s2.Completion(text, n, 100, truncated), ex)
+    r = lambda text, n, truncated=False: rewards.reward_cosine(rewards.Completion(text, n, 100, truncated), ex)
     assert r("Answer: 18", 0) == pytest.approx(1.0)
     assert r("Answer: 18", 50) == pytest.approx(0.75)
     assert r("Answer: 18", 100) == pytest.approx(0.5)
@@ -202,8 +203,8 @@ def test_cosine_reward_boundaries():
 
 
 def test_every_registered_reward_reports_correctness():
-    for name, fn in s2.REWARDS.items():
-        completion = s2.Completion("Step 1: 9 + 9 = 18\nAnswer: 18", num_tokens=12, max_new_tokens=64)
+    for name, fn in rewards.REWARDS.items():
+        completion = rewards.Completion("Step 1: 9 + 9 = 18\nAnswer: 18", num_tokens=12, max_new_tokens=64)
         value = fn(completion, example(3))
         assert isinstance(value, float) and completion.parts["correct"] == 1.0, name
 
@@ -418,7 +419,7 @@ def metrics(out):
 def test_tiny_world_run_raises_reward_and_resumes(tiny_world, tmp_path, monkeypatch):
     from generate import compile_decode
     from model import Qwen2
-    monkeypatch.setitem(s2.REWARDS, "shorter", shorter_is_better)  # a new reward is one dict entry
+    monkeypatch.setitem(rewards.REWARDS, "shorter", shorter_is_better)  # a new reward is one dict entry
     straight = tmp_path / "straight"
     options = ["--reward", "shorter", "--max-steps", "6", "--lr", "5e-4"]
     summary = s2.main(run_args(tiny_world, straight, *options, "--save-every", "3"))
@@ -483,7 +484,7 @@ def test_a_reward_is_a_function_of_completion_and_example(tiny_world, tmp_path):
     s2.train_grpo(config, examples, s2.prompt_builder("plain"), longer)
     rows = metrics(tmp_path / "run")
     assert len(seen) == 2 * 2 * 2 and all(r["accuracy"] is not None for r in rows)
-    formatted = sum(s2.well_formed(s2.answer_part(c.text)) for _, c in seen)
+    formatted = sum(rewards.well_formed(rewards.answer_part(c.text)) for _, c in seen)
     assert sum(r["reward_format"] * 4 for r in rows) == pytest.approx(formatted)   # 4 completions a step
     assert all(c.max_new_tokens == 16 and 1 <= c.num_tokens <= 16 for _, c in seen)
     assert all(c.num_tokens == 16 for _, c in seen if c.truncated)     # only the limit cuts
@@ -545,7 +546,7 @@ def test_truncated_exclude_and_ppo_epochs(tiny_world, tmp_path, monkeypatch):
     kept, excluded = cut("keep"), cut("exclude", "--truncated", "exclude")
     assert kept["truncated"] == excluded["truncated"] == 1.0     # 4 tokens never finish an answer
     assert kept["trained_completions"] == 16 and excluded["trained_completions"] == 0
-    monkeypatch.setitem(s2.REWARDS, "chars", lambda completion, example: float(len(completion.text)))  # reward spread
+    monkeypatch.setitem(rewards.REWARDS, "chars", lambda completion, example: float(len(completion.text)))  # reward spread
     one, two = (metrics_of(s2.main(run_args(
         tiny_world, tmp_path / f"ppo{n}", "--max-steps", "1", "--max-new-tokens", "16", "--reward", "chars",
         "--lr", "1e-2", "--save-every", "0", "--ppo-epochs", str(n))), tmp_path / f"ppo{n}") for n in (1, 2))

@@ -4,10 +4,11 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+import rewards
 import stage2_grpo as s2
 import stage3_rewrite as s3
 from eval import build_prompt
-from stage2_grpo import Completion as C
+from rewards import Completion as C
 from teacher import load_teacher_data
 from test_stage2 import watch_rollouts_and_loss
 from tokenizer import load_tokenizer
@@ -82,7 +83,7 @@ def test_alternative_rewards():
     assert s3.rewrite_linear(C(response_of(10)), teacher) == pytest.approx(1.8)
     assert s3.rewrite_linear(C(response_of(300)), teacher) == pytest.approx(0.5)
     assert s3.rewrite_linear(C(response_of(50, answer="8")), teacher) == -2.0
-    assert s3.REWARDS["correct"](C(response_of(300)), teacher) == 1.0      # stage 2's, by name
+    assert s3.REWARDS["correct"](C(response_of(300)), teacher) == 1.0      # the registry's, by name
     assert s3.REWARDS["correct"](C(response_of(30, answer="8")), teacher) == 0.0
     completion = C(response_of(50))
     s3.paper_rewrite(completion, teacher)
@@ -268,7 +269,7 @@ def test_rewrites_trained_under_another_prompt_are_never_pushed_down(policy_prom
         seen.extend(advantages.flatten().tolist())
         return real_loss(new_logp, old_logp, advantages, *args, **kwargs)
     monkeypatch.setattr(s2, "grpo_loss", grpo_loss)
-    monkeypatch.setitem(s2.REWARDS, "length_for_test", lambda completion, example: float(len(completion.text)))
+    monkeypatch.setitem(rewards.REWARDS, "length_for_test", lambda completion, example: float(len(completion.text)))
     s3.main(["--model", str(tiny_world.base_model), "--failures", str(tiny_world.teacher), "--out", str(tmp_path / "s3"),
              "--prompts-per-step", "3", "--group-size", "2", "--max-new-tokens", "12", "--max-steps", "1",
              "--temperature", "1.0", "--save-every", "0", "--reward", "length_for_test", "--policy-prompt", policy_prompt,
