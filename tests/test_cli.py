@@ -124,6 +124,10 @@ def run_in_process(script: str, args: list[str], cwd, monkeypatch, capsys) -> su
     monkeypatch.delenv("BRIDGE_DEBUG", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # the script runs a second time in this process and registers its rewards again: into a copy
+    # of the registry, so that the functions the other tests compare with stay registered
+    import rewards
+    monkeypatch.setattr(rewards, "REWARDS", dict(rewards.REWARDS))
     capsys.readouterr()
     try:
         runpy.run_path(str(ROOT / script), run_name="__main__")
