@@ -18,7 +18,8 @@ scripts' main() directly and see the exceptions themselves.
 Also here, because every script needs them: the argparse parser whose errors take one line, the
 checked `type=` of every numeric and row-range option, the test of whether a name means a local
 path or a hub id, how files are written (whole or not at all, with ordinary permissions), and
-how JSONL files are read (a bad line named by file and line).
+how JSONL files are read (a bad line named by file and line). And `SampleLog`, an output folder
+that a run of hours fills batch by batch and the same command run again continues (eval.py's).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 DEBUG_FLAG = "--debug"
 
@@ -249,3 +250,79 @@ def rows_option(text: str) -> str:
     """argparse `type=` for --rows: checks the slice (row_slice) and keeps the text."""
     row_slice(text)
     return text
+
+
+# -----------------------------------------------------------------------------
+# Output that survives an interruption: samples.jsonl grows batch by batch, and a rerun of the
+# same command continues from it (settings.json says which command made it)
+
+
+class SampleLog:
+    """out/samples.jsonl, one record per answered question (`{"index": i, ...}`, i counted from 0
+    in --data), and out/settings.json, what made them. The folder is checked when the log is
+    made: a bad --out should fail now, not after hours of generation."""
+
+    def __init__(self, out: Path):
+        self.out, self.path, self.settings_path = out, out / "samples.jsonl", out / "settings.json"
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out):
+                pass
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+
+    def resume(self, settings: dict, same_question: Callable[[int, dict], bool]) -> dict[int, dict]:
+        """The records an earlier run of this command left, by index; settings.json is then
+        written and samples.jsonl rewritten with those records only. Refuses records made with
+        other settings (`settings` names the --data the questions come from), or for other
+        questions: `same_question(i, record)` says whether the record answers this run's
+        question i, and raises IndexError for an i past its last (a smaller --limit: the record
+        is left out). Drops a last line cut short."""
+        path, settings_path, out = self.path, self.settings_path, self.out
+        lines = path.read_text(encoding="utf-8").split("\n") if path.is_file() else []
+        lines = lines[:-1]  # the piece after the last newline: empty, or a line the interruption cut short
+        done = {}
+        if lines:
+            if not settings_path.is_file():
+                raise UsageError(f"{path}: samples without settings.json (an older eval.py?); "
+                                 f"delete them or choose another --out")
+            try:
+                before = json.loads(settings_path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{settings_path}: not valid JSON ({e.msg})") from None
+            changed = [key for key in settings if before.get(key) != settings[key]]
+            if changed:
+                key = changed[0]
+                what = ("the weights files of --model changed" if key == "weights"
+                        else f"{key} was {before.get(key)!r}, now {settings[key]!r}")
+                raise UsageError(f"{path}: made by another run ({what}); delete {out} or choose another --out")
+        for line_no, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                i = record["index"]
+                if not isinstance(i, int) or i < 0:
+                    raise TypeError("index")
+                ok = same_question(i, record)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{line_no}: not a sample record; delete the file to start again") from None
+            except IndexError:
+                continue  # a question past this run's --limit
+            if not ok:
+                raise UsageError(f"{path}:{line_no}: question {i + 1} is not the one in --data {settings['data']}; "
+                                 f"delete {out} or choose another --out")
+            done[i] = record
+        write_atomic(settings_path, json.dumps(settings, indent=2) + "\n")
+        self.write_all(done.values())  # without a cut line
+        return done
+
+    def append(self, records: list[dict]):
+        """One batch at a time, flushed to disk: an interruption loses at most the batch in flight."""
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_all(self, records: Iterable[dict]):
+        """The file rewritten whole (write_atomic) with these records only: what resume kept, or at
+        the end every record in question order."""
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in records))

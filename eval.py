@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -243,7 +241,8 @@ def evaluate(model, tokenizer, examples: list[dict], batch_size: int = 16, max_n
     """Greedy completions for every example; returns (per-sample records, summary).
 
     done: samples an interrupted run already made, by index; they are kept, not generated again.
-    on_batch(samples) is called as each batch finishes (main appends them to samples.jsonl)."""
+    on_batch(samples) is called as each batch finishes (answer_the_rest appends them to
+    samples.jsonl)."""
     from tqdm import tqdm
     done = done or {}
     prompts = tokenizer.encode_batch([build_prompt(e["question"]) for e in examples])
@@ -291,81 +290,11 @@ def summarize(samples: list[dict], seconds: float, new_tokens: int) -> dict:
 
 
 # -----------------------------------------------------------------------------
-# Output that survives an interruption: samples.jsonl grows batch by batch, and a rerun of the
-# same command continues from it (settings.json says which command made it)
+# The command line: samples.jsonl grows batch by batch (cli.SampleLog), and a rerun of the same
+# command continues from it
 
 
-def check_writable(out: Path):
-    """Fail on a bad --out now, not after hours of generation."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise cli.UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-
-
-def run_settings(args, model_dir: Path) -> dict:
-    """What decides the completions. The weights are identified by their files' sizes and
-    modification times: a model retrained into the same folder must not pass for the old one."""
-    weights = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(model_dir.iterdir())
-               if p.name == "config.json" or p.name.endswith((".safetensors", ".safetensors.index.json"))}
-    return {"model": str(args.model), "weights": weights, "data": str(args.data), "split": args.split,
-            "max_new_tokens": args.max_new_tokens, "dtype": args.dtype}
-
-
-def read_done(out: Path, settings: dict, examples: list[dict]) -> dict[int, dict]:
-    """The samples an earlier run of this command left in out/samples.jsonl, by index. Refuses
-    samples made with other settings, or for other questions; drops a last line cut short."""
-    path, settings_path = out / "samples.jsonl", out / "settings.json"
-    lines = path.read_text(encoding="utf-8").split("\n") if path.is_file() else []
-    lines = lines[:-1]  # the piece after the last newline: empty, or a line the interruption cut short
-    if not lines:
-        return {}
-    if not settings_path.is_file():
-        raise cli.UsageError(f"{path}: samples without settings.json (an older eval.py?); delete them or choose another --out")
-    try:
-        before = json.loads(settings_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{settings_path}: not valid JSON ({e.msg})") from None
-    changed = [key for key in settings if before.get(key) != settings[key]]
-    if changed:
-        key = changed[0]
-        what = "the weights files of --model changed" if key == "weights" else f"{key} was {before.get(key)!r}, now {settings[key]!r}"
-        raise cli.UsageError(f"{path}: made by another run ({what}); delete {out} or choose another --out")
-    done = {}
-    for line_no, line in enumerate(lines, 1):
-        try:
-            sample = json.loads(line)
-            i = sample["index"]
-            if not isinstance(i, int) or i < 0:
-                raise TypeError("index")
-            ok = sample["question"] == examples[i]["question"] and sample["gold"] == examples[i]["gold"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{line_no}: not a sample record; delete the file to start again") from None
-        except IndexError:
-            continue  # a question past this run's --limit
-        if not ok:
-            raise cli.UsageError(f"{path}:{line_no}: question {i + 1} is not the one in --data {settings['data']}; "
-                                 f"delete {out} or choose another --out")
-        done[i] = sample
-    return done
-
-
-def append_samples(path: Path, samples: list[dict]):
-    """One batch at a time, flushed to disk: an interruption loses at most the batch in flight."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(s) + "\n" for s in samples))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def default_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def main(argv=None):
+def parse_args(argv=None):
     parser = cli.ArgumentParser(description="GSM8K accuracy and generated length, as in the BRIDGE paper.")
     parser.add_argument("--model", required=True, help="checkpoint folder or hub id (e.g. Qwen/Qwen2.5-3B)")
     parser.add_argument("--data", default="openai/gsm8k", help="hub dataset id, or a local GSM8K-format JSONL file")
@@ -381,58 +310,86 @@ def main(argv=None):
                         help="torch.compile the decode step (generate.compile_decode): minutes to compile on a CPU, "
                              "for long evaluations on a GPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def out_folder(args) -> Path:
+    """--out, else runs/eval/<model name> with what a folder name should not hold made `_`."""
+    return Path(args.out) if args.out else Path("runs/eval") / re.sub(r"[^\w.-]+", "_", str(args.model)).strip("_")
+
+
+def run_settings(args, model_dir: Path) -> dict:
+    """What decides the completions. The weights are identified by their files' sizes and
+    modification times: a model retrained into the same folder must not pass for the old one."""
+    weights = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(model_dir.iterdir())
+               if p.name == "config.json" or p.name.endswith((".safetensors", ".safetensors.index.json"))}
+    return {"model": str(args.model), "weights": weights, "data": str(args.data), "split": args.split,
+            "max_new_tokens": args.max_new_tokens, "dtype": args.dtype}
+
+
+def default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def answer_the_rest(args, model_dir: Path, examples: list[dict], done: dict[int, dict],
+                    log: cli.SampleLog) -> tuple[list[dict], dict]:
+    """Load the model and evaluate the questions not in `done`, appending each batch to the log
+    as it finishes; on Ctrl-C, what is saved stays, and the message says how to go on."""
+    from generate import compile_decode
+    from model import Qwen2
+    from tokenizer import load_tokenizer
+    device = args.device or default_device()
+    model = Qwen2.from_pretrained(model_dir, dtype=args.dtype, device=device)
+    if args.compile:
+        compile_decode(model)
+    tokenizer = load_tokenizer(model_dir)
+    saved: list[dict] = []
+
+    def save(batch: list[dict]):
+        log.append(batch)
+        saved.extend(batch)
+
+    try:
+        return evaluate(model, tokenizer, examples, args.batch_size, args.max_new_tokens,
+                        progress=not args.quiet, done=done, on_batch=save)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"{len(done) + len(saved)} of {len(examples)} questions done, kept in "
+                                f"{log.path}; run the same command again to continue") from None
+
+
+def main(argv=None):
+    args = parse_args(argv)
     # 1. the output folder first: a bad --out should fail now, not after the generation
-    out = Path(args.out) if args.out else Path("runs/eval") / re.sub(r"[^\w.-]+", "_", str(args.model)).strip("_")
-    check_writable(out)
-    samples_path = out / "samples.jsonl"
+    log = cli.SampleLog(out_folder(args))
 
     # 2. the questions, and what an interrupted run of this same command already answered
     examples = load_gsm8k(args.data, args.split, args.limit)
-    from generate import compile_decode  # torch: after the data checks
-    from model import Qwen2, resolve_checkpoint_dir
-    from tokenizer import load_tokenizer
+    from model import resolve_checkpoint_dir  # torch: after the data checks
     model_dir = resolve_checkpoint_dir(args.model)
-    settings = run_settings(args, model_dir)
-    done = read_done(out, settings, examples)
-    write_atomic(out / "settings.json", json.dumps(settings, indent=2) + "\n")
-    write_atomic(samples_path, "".join(json.dumps(s) + "\n" for s in done.values()))  # without a cut line
+
+    def same_question(i: int, sample: dict) -> bool:  # an IndexError past the last: a smaller --limit
+        return sample["question"] == examples[i]["question"] and sample["gold"] == examples[i]["gold"]
+
+    done = log.resume(run_settings(args, model_dir), same_question)
     if done:
-        print(f"{samples_path}: {len(done)} of {len(examples)} questions already done, continuing")
+        print(f"{log.path}: {len(done)} of {len(examples)} questions already done, continuing")
 
     # 3. generate the rest, appending each batch as it finishes
     if len(done) < len(examples):
-        device = args.device or default_device()
-        model = Qwen2.from_pretrained(model_dir, dtype=args.dtype, device=device)
-        if args.compile:
-            compile_decode(model)
-        tokenizer = load_tokenizer(model_dir)
-        saved: list[dict] = []
-
-        def save(batch: list[dict]):
-            append_samples(samples_path, batch)
-            saved.extend(batch)
-
-        try:
-            samples, summary = evaluate(model, tokenizer, examples, args.batch_size, args.max_new_tokens,
-                                        progress=not args.quiet, done=done, on_batch=save)
-        except KeyboardInterrupt:  # Ctrl-C: what is saved stays; say how to go on
-            raise KeyboardInterrupt(f"{len(done) + len(saved)} of {len(examples)} questions done, kept in "
-                                    f"{samples_path}; run the same command again to continue") from None
+        samples, summary = answer_the_rest(args, model_dir, examples, done, log)
     else:
         samples = [done[i] for i in range(len(examples))]
         summary = summarize(samples, 0.0, 0)
     summary.update({"model": str(args.model), "data": str(args.data), "split": args.split,
                     "max_new_tokens": args.max_new_tokens})
     # 4. the samples again, now in question order, and the summary over all of them
-    write_atomic(samples_path, "".join(json.dumps(s) + "\n" for s in samples))
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log.write_all(samples)
+    write_atomic(log.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     low, high = summary["accuracy_ci95"]
     print(f"{args.model}: accuracy {summary['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}), "
-          f"{summary['mean_generated_tokens']:.1f} generated tokens on average, n={summary['n']} -> {out}")
+          f"{summary['mean_generated_tokens']:.1f} generated tokens on average, n={summary['n']} -> {log.out}")
     return summary
-
 
 if __name__ == "__main__":
     cli.run(main)

@@ -32,3 +32,12 @@ def test_the_rewards_import_no_torch_and_only_the_data_modules():
     eval (the grading) and teacher (the step marker). A reward file importing it stays light."""
     assert "torch" not in imported_modules((ROOT / "rewards.py").read_text())
     assert project_imports("rewards") <= {"cli", "eval", "teacher"}
+
+
+def test_eval_knows_gsm8k_and_leaves_the_output_files_to_cli():
+    """eval.py is GSM8K: the prompt, the stop rule, grading, loading, the loop that answers and its
+    command. How its output survives an interruption (the --out check, samples appended and
+    continued) is cli.SampleLog's, so it needs neither os nor tempfile; it imports the model side
+    only inside the functions that run a model."""
+    assert not {"os", "tempfile"} & set(imported_modules((ROOT / "eval.py").read_text()))
+    assert project_imports("eval") <= {"cli", "generate", "model", "tokenizer"}
