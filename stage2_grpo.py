@@ -480,8 +480,8 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
     # is no policy-gradient sample there: the model never wrote it under that prompt, so there is
     # nothing to push down. Such rows learn from the better completions only (advantage clamped
     # at 0: reward-weighted fine-tuning); the worse ones keep only the KL term.
-    off_policy = torch.tensor([loss_prompts[r] != ro.prompts[r] for r in range(len(ro.texts))])
-    advantages = torch.where(off_policy, advantages.clamp(min=0), advantages)
+    off_policy = [loss_prompts[r] != ro.prompts[r] for r in range(len(ro.texts))]
+    advantages = torch.where(torch.tensor(off_policy), advantages.clamp(min=0), advantages)
     rows = [r for r in range(len(ro.texts))
             if (cfg.keep_zero_variance or not zero_var[r // G])
             and not (cfg.truncated == "exclude" and ro.truncated[r])]
@@ -491,7 +491,7 @@ def grpo_step(model, ref, optimizer, tokenizer, cfg: GRPOConfig, dist, prompt_id
     #    the sampler's are of another prompt, and optimise takes the trainer's (None here)
     t0 = time.time()
     prompts, completions = [loss_prompts[r] for r in rows], [ro.completions[r] for r in rows]
-    old = [ro.old_logprobs[r] if loss_prompts[r] == ro.prompts[r] else None for r in rows]
+    old = [None if off_policy[r] else ro.old_logprobs[r] for r in rows]
     logprobs = functools.partial(_batch_logprobs, prompts=prompts, completions=completions,
                                  temperature=cfg.temperature, pad_id=tokenizer.pad_token_id,
                                  micro=cfg.micro_batch_size, device=device)
