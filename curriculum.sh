@@ -113,26 +113,22 @@ fi
 # the reward lab: stage 2 again from the same stage-1 checkpoint, once per reward, LAB_STEPS steps
 # each, everything else as above; one table and plot against the stage-1 row
 if [ "$TARGET" = rewards ]; then
-  LAB=$RUN/rewards
-  rm -rf "$LAB"; mkdir -p "$LAB/eval"; : > "$LAB/timings.tsv"
-  cp -r "$RUN/eval/stage1" "$LAB/eval/stage1"
+  STAGE1=$RUN/stage1 STAGE1_EVAL=$RUN/eval/stage1
+  RUN=$RUN/rewards   # the lab's own folder: run and evaluate write its timings.tsv and eval/
+  rm -rf "$RUN"; mkdir -p "$RUN/eval"; : > "$RUN/timings.tsv"
+  cp -r "$STAGE1_EVAL" "$RUN/eval/stage1"
   S2=${S2/--max-steps 80/--max-steps ${LAB_STEPS:-40}}
   while read -r name reward; do
-    echo "+ $PY stage2_grpo.py --model $RUN/stage1 --teacher-data $TEACHER --rows $ROWS2 --out $LAB/$name $S2 $reward"
-    start=$EPOCHREALTIME
-    $PY stage2_grpo.py --model "$RUN/stage1" --teacher-data "$TEACHER" --rows $ROWS2 --out "$LAB/$name" $S2 $reward --quiet
-    echo "$name $(awk "BEGIN { print $EPOCHREALTIME - $start }")" >> "$LAB/timings.tsv"
-    start=$EPOCHREALTIME
-    $PY eval.py --model "$LAB/$name" --data "$TEST" --out "$LAB/eval/$name" $EV
-    echo "eval_$name $(awk "BEGIN { print $EPOCHREALTIME - $start }")" >> "$LAB/timings.tsv"
+    run "$name" $PY stage2_grpo.py --model "$STAGE1" --teacher-data "$TEACHER" --rows $ROWS2 --out "$RUN/$name" $S2 $reward --quiet
+    evaluate "$name" "$RUN/$name"
   done <<EOF
 paper --reward paper
 correct --reward correct
 paper_tight --reward paper --words-per-step $((WPS / 2))
 cosine --reward cosine
 EOF
-  echo "+ $PY tiny_world.py table $LAB"
-  $PY tiny_world.py table "$LAB"
+  echo "+ $PY tiny_world.py table $RUN"
+  $PY tiny_world.py table "$RUN"
   exit 0
 fi
 

@@ -282,7 +282,7 @@ def test_the_reward_lab_runs_stage_2_four_ways_from_stage_1(monkeypatch, tmp_pat
     line that names the missing folder."""
     import subprocess
     text = (ROOT / "curriculum.sh").read_text()
-    lab = text.split('if [ "$TARGET" = rewards ]; then\n  LAB=', 1)[1]
+    lab = text.split('if [ "$TARGET" = rewards ]; then\n  STAGE1=', 1)[1]
     lines = lab.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0].splitlines()
     s2_flags = _branch_settings("tiny")["S2"]
     seen = {}
