@@ -19,15 +19,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str):
-    """One process: join the group through distributed.setup (as torchrun would set it up),
-    give each parameter a rank-dependent gradient, average, and save what came out."""
+def join_group(rank: int, world_size: int, port: int):
+    """In a child process: join the group through distributed.setup, with the environment
+    torchrun would give it; one thread, as two processes share the CPU."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     sys.path.insert(0, str(ROOT))
     import distributed
     torch.set_num_threads(1)
-    ctx = distributed.setup("cpu")
+    return distributed.setup("cpu")
+
+
+def start_two_processes(worker, out_dir):
+    """Run worker(rank, 2, port, out_dir) in two processes and wait for both. Fork where the
+    platform has it: the children inherit the imported torch instead of paying seconds to import
+    it again (spawn is torch's portable default, and the fallback)."""
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(worker, args=(2, free_port(), str(out_dir)), nprocs=2, join=True, start_method=method)
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str):
+    """One process: join the group, give each parameter a rank-dependent gradient, average, and
+    save what came out."""
+    ctx = join_group(rank, world_size, port)
     try:
         torch.manual_seed(0)  # the same model on every rank
         model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
@@ -53,11 +67,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str):
 
 def test_average_gradients_two_gloo_processes(tmp_path):
     world_size = 2
-    # fork where the platform has it: the children inherit the imported torch instead of paying
-    # seconds to import it again (spawn is torch's portable default, and the fallback)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_worker, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size,
-                       join=True, start_method=method)
+    start_two_processes(_worker, tmp_path)
     records = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world_size)]
     for name in records[0]["after"]:
         if name == "0.bias":
@@ -80,12 +90,7 @@ def test_average_gradients_two_gloo_processes(tmp_path):
 def _split_step_worker(rank: int, world_size: int, port: int, out_dir: str):
     """One of two processes taking one step on its share of a batch: stage 1's train_step on
     every other example, stage 2's optimise on every other group (as train_grpo shards prompts)."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    sys.path.insert(0, str(ROOT))
-    import distributed
-    torch.set_num_threads(1)
-    ctx = distributed.setup("cpu")
+    ctx = join_group(rank, world_size, port)
     try:
         torch.save(split_step_gradients(ctx), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -118,9 +123,7 @@ def test_two_processes_take_the_step_of_one(tmp_path):
     grpo_loss's whole-batch count / world_size), so two processes, each with half the batch,
     step with the gradients one process computes on all of it."""
     from distributed import Dist
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_split_step_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method=method)
+    start_two_processes(_split_step_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     one = split_step_gradients(Dist())
     for key, expected in one.items():
