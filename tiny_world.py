@@ -53,6 +53,7 @@ What a world folder holds (every file is rebuilt from the seed; nothing here is 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import random
@@ -863,7 +864,7 @@ def svg_panel(x: float, y: float, title: str, series: dict[str, list[tuple[float
 
 def series_colors(names: list[str]) -> dict[str, str]:
     """The curriculum's rows keep their colours (COLORS); other rows take OTHER_COLORS in turn."""
-    others = iter(OTHER_COLORS * (1 + len(names) // len(OTHER_COLORS)))
+    others = itertools.cycle(OTHER_COLORS)
     return {name: COLORS.get(name) or next(others) for name in names}
 
 
